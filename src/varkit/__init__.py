@@ -1,0 +1,24 @@
+"""varkit: Visual AutoRegressive modeling (Tian et al., NeurIPS 2024) — next-scale prediction as a framework.
+
+``import varkit`` registers the built-in components (scale schedules, guidance schedules, quantizers, attention
+kernels); plugins are loaded explicitly with :func:`varkit.plugins.load_plugins` (the CLI does it for you).
+"""
+
+from varkit import guidance, scales  # noqa: F401  (registers built-ins)
+from varkit.contracts import BlockCausalMask, QuantizerOutput, Scales
+from varkit.registry import ATTENTION_KERNELS, CFG_SCHEDULES, QUANTIZERS, REGISTRIES, SCALE_SCHEDULES, Registry
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ATTENTION_KERNELS",
+    "CFG_SCHEDULES",
+    "QUANTIZERS",
+    "REGISTRIES",
+    "SCALE_SCHEDULES",
+    "BlockCausalMask",
+    "QuantizerOutput",
+    "Registry",
+    "Scales",
+    "__version__",
+]

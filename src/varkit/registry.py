@@ -1,0 +1,186 @@
+"""Component registries: one generic, typed :class:`Registry` and one instance per swappable kind.
+
+A registry maps a short, stable name (``"msvq"``, ``"var_256"``, ``"sdpa"``) to a factory (a class or a function).
+It is the allow-list of what a config may build: configs name components, they never carry import paths.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, overload
+
+__all__ = [
+    "ATTENTION_KERNELS",
+    "CFG_SCHEDULES",
+    "QUANTIZERS",
+    "REGISTRIES",
+    "SCALE_SCHEDULES",
+    "DuplicateComponentError",
+    "Entry",
+    "Registry",
+    "UnknownComponentError",
+]
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+BUILTIN = "built-in"
+
+
+class UnknownComponentError(KeyError):
+    """Raised for a name no component was registered under; the message lists close matches and all names."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class DuplicateComponentError(ValueError):
+    """Raised when a second component is registered under a taken name; the message names both origins."""
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    """One registered component: its name, factory, the module defining it and its origin (built-in or plugin)."""
+
+    name: str
+    factory: Callable[..., T]
+    module: str
+    origin: str
+
+    @property
+    def summary(self) -> str:
+        doc = (getattr(self.factory, "__doc__", None) or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+class Registry(Generic[T]):
+    """A named collection of factories for one kind of component.
+
+    >>> toys: Registry[int] = Registry("toy")
+    >>> @toys.register("three")
+    ... def three() -> int:
+    ...     return 3
+    >>> toys.build({"name": "three"})
+    3
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+
+    # -- registration -------------------------------------------------------------------------------------------
+    @overload
+    def register(self, name: str) -> Callable[[F], F]: ...
+    @overload
+    def register(self, name: str, factory: F) -> F: ...
+
+    def register(self, name: str, factory: F | None = None) -> Any:
+        """Register ``factory`` under ``name``; usable as ``@REG.register("name")`` or ``REG.register("name", f)``."""
+        if not name or not isinstance(name, str):
+            raise ValueError(f"{self.kind} names must be non-empty strings, got {name!r}")
+
+        def add(obj: F) -> F:
+            module = getattr(obj, "__module__", None) or "<unknown>"
+            if name in self._entries:
+                first = self._entries[name]
+                raise DuplicateComponentError(
+                    f"{self.kind} {name!r} is already registered by {first.module} ({first.origin}); "
+                    f"refusing the second registration from {module}. Pick another name."
+                )
+            origin = BUILTIN if module == "varkit" or module.startswith("varkit.") else module.split(".")[0]
+            self._entries[name] = Entry(name=name, factory=obj, module=module, origin=origin)
+            return obj
+
+        return add if factory is None else add(factory)
+
+    def set_origin(self, name: str, origin: str) -> None:
+        """Record which plugin registered ``name`` (called by the plugin loader)."""
+        entry = self._entries[name]
+        self._entries[name] = Entry(entry.name, entry.factory, entry.module, origin)
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (for tests and for plugins that replace their own entries on reload)."""
+        self._entries.pop(self._check(name).name)
+
+    # -- lookup -------------------------------------------------------------------------------------------------
+    def _check(self, name: str) -> Entry[T]:
+        try:
+            return self._entries[name]
+        except KeyError:
+            known = sorted(self._entries)
+            close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise UnknownComponentError(
+                f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(known) or '(none)'}."
+            ) from None
+
+    def get(self, name: str) -> Callable[..., T]:
+        """The factory registered under ``name``."""
+        return self._check(name).factory
+
+    def entry(self, name: str) -> Entry[T]:
+        return self._check(name)
+
+    def build(self, spec: str | Mapping[str, Any], /, **overrides: Any) -> T:
+        """Build from ``"name"`` or ``{"name": ..., **kwargs}`` (a plain mapping or an OmegaConf node).
+
+        Keys are the factory's argument names; unknown keys are reported with the accepted ones.
+        """
+        if isinstance(spec, str):
+            name, kwargs = spec, {}
+        else:
+            kwargs = {str(k): v for k, v in spec.items()}
+            if "name" not in kwargs:
+                raise ValueError(f"a {self.kind} spec needs a 'name' key, got keys {sorted(kwargs)}")
+            name = kwargs.pop("name")
+        kwargs.update(overrides)
+        factory = self.get(name)
+        try:
+            return factory(**kwargs)
+        except TypeError as err:
+            import inspect
+
+            try:
+                params = [p for p in inspect.signature(factory).parameters if p not in ("self", "args", "kwargs")]
+            except (TypeError, ValueError):
+                raise err from None
+            unknown = sorted(set(kwargs) - set(params))
+            if unknown:
+                raise TypeError(
+                    f"{self.kind} {name!r} does not take {', '.join(unknown)}; it accepts: {', '.join(params)}"
+                ) from None
+            raise
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry[T]]:
+        return [self._entries[n] for n in self.names()]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {self.names()})"
+
+
+QUANTIZERS: Registry[Any] = Registry("quantizer")
+SCALE_SCHEDULES: Registry[Any] = Registry("scale schedule")
+ATTENTION_KERNELS: Registry[Any] = Registry("attention kernel")
+CFG_SCHEDULES: Registry[Any] = Registry("guidance schedule")
+
+#: every registry by its config-group name, in the order ``varkit list`` prints them
+REGISTRIES: dict[str, Registry[Any]] = {
+    "quantizer": QUANTIZERS,
+    "schedule": SCALE_SCHEDULES,
+    "attention": ATTENTION_KERNELS,
+    "cfg_schedule": CFG_SCHEDULES,
+}
