@@ -1,0 +1,3 @@
+from varkit.cli import main
+
+raise SystemExit(main())

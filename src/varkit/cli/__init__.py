@@ -1,0 +1,156 @@
+"""The ``varkit`` command line: ``varkit <command> [args | Hydra overrides]``.
+
+Argument commands define ``HELP``, ``configure(parser)`` and ``run(args) -> int``; Hydra commands define ``HELP``,
+``CONFIG_NAME`` and ``run(cfg) -> None`` and accept Hydra overrides, ``--cfg job``, ``--multirun``, ... .
+Plugins are loaded before anything composes, so their components and config options are available everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
+
+__all__ = ["COMMANDS", "main"]
+
+#: command name -> module implementing it (imported only when that command runs, or for --help)
+COMMANDS: dict[str, str] = {
+    "list": "varkit.cli.list_components",
+    "config": "varkit.cli.show_config",
+    "data": "varkit.cli.data",
+    "train-tokenizer": "varkit.cli.train_tokenizer",
+    "train": "varkit.cli.train",
+    "sample": "varkit.cli.sample",
+    "eval": "varkit.cli.evaluate",
+    "edit": "varkit.cli.edit",
+    "convert": "varkit.cli.convert",
+    "quickstart": "varkit.cli.quickstart",
+}
+
+EXIT_CONFIG_ERROR = 2
+
+
+def _available() -> dict[str, ModuleType]:
+    modules = {}
+    for name, path in COMMANDS.items():
+        try:
+            modules[name] = importlib.import_module(path)
+        except ModuleNotFoundError as err:
+            if err.name != path:  # the command exists but one of its imports is missing: say so
+                raise
+    return modules
+
+
+def fail(message: str, code: int = EXIT_CONFIG_ERROR) -> int:
+    """Print one clear error line and return the exit code (no traceback for user errors)."""
+    sys.stderr.write(f"varkit: error: {message}\n")
+    return code
+
+
+def hydra_message(err: BaseException) -> str:
+    """Hydra's composition errors without the config-search-path dump, as one paragraph."""
+    text = str(err).split("Config search path:")[0].strip()
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that are the user's input, reported as one message."""
+    from varkit.config import ConfigError
+    from varkit.contracts import CapabilityError, InvalidScalesError
+    from varkit.registry import DuplicateComponentError, UnknownComponentError
+
+    return (ConfigError, InvalidScalesError, UnknownComponentError, DuplicateComponentError, CapabilityError)
+
+
+def run_hydra(command: str, config_name: str, task: Callable[[Any], Any], argv: Sequence[str]) -> int:
+    """Run ``task(cfg)`` as a Hydra application over varkit's configs (overrides, --cfg, --multirun all work)."""
+    import hydra
+    from omegaconf import DictConfig
+
+    from varkit.config import config_dir, validate_components
+
+    errors = user_errors()
+    outcome: dict[str, int] = {"code": 0}
+
+    def job(cfg: DictConfig) -> Any:
+        try:
+            validate_components(cfg)
+            return task(cfg)
+        except errors as err:
+            outcome["code"] = fail(str(err))
+            if len(argv) and any(a in ("-m", "--multirun") for a in argv):
+                raise
+            return None
+
+    app = hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(job)
+    saved = sys.argv
+    sys.argv = [f"varkit {command}", *argv]
+    try:
+        app()
+    except errors:
+        return outcome["code"] or EXIT_CONFIG_ERROR
+    except SystemExit as exit_:
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else fail(exit_.code, 1)
+    finally:
+        sys.argv = saved
+    return outcome["code"]
+
+
+def build_parser(modules: dict[str, ModuleType]) -> argparse.ArgumentParser:
+    from varkit import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="varkit",
+        description="varkit: Visual AutoRegressive modeling (next-scale prediction). "
+        "Hydra commands take overrides such as `model=var_d16 trainer.max_steps=100` and `--cfg job`.",
+    )
+    parser.add_argument("--version", action="version", version=f"varkit {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in modules.items():
+        help_text = getattr(module, "HELP", "")
+        if hasattr(module, "CONFIG_NAME"):
+            help_text += f"  [Hydra: conf/{module.CONFIG_NAME}.yaml + overrides]"
+            sub.add_parser(name, help=help_text, add_help=False)
+        else:
+            cmd = sub.add_parser(name, help=help_text, description=getattr(module, "HELP", None))
+            module.configure(cmd)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    verbose = any(a in ("-v", "--verbose") for a in args_list[:1])
+    if verbose:
+        args_list = args_list[1:]
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="[varkit] %(message)s")
+
+    from varkit.plugins import PluginError, load_plugins
+
+    try:
+        load_plugins()
+    except PluginError as err:
+        return fail(str(err), 1)
+
+    modules = _available()
+    if args_list and args_list[0] in modules and hasattr(modules[args_list[0]], "CONFIG_NAME"):
+        module = modules[args_list[0]]
+        return run_hydra(args_list[0], module.CONFIG_NAME, module.run, args_list[1:])
+
+    parser = build_parser(modules)
+    args = parser.parse_args(args_list)
+    if not args.command:
+        parser.print_help()
+        return 0
+    try:
+        return int(modules[args.command].run(args) or 0)
+    except user_errors() as err:
+        return fail(str(err))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

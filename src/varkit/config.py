@@ -1,0 +1,150 @@
+"""Hydra/OmegaConf glue: where varkit's configs live, composing them, validating them, safe instantiation.
+
+Hydra only composes; this module turns a composed config into objects through the registries (varkit components,
+referenced by ``name``) and through an allow-list of ``_target_`` prefixes (third-party objects: trainer, loggers,
+callbacks, data modules). Nothing else from a config is ever imported or executed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from varkit.contracts import InvalidScalesError, Scales
+from varkit.registry import REGISTRIES, SCALE_SCHEDULES, UnknownComponentError
+
+__all__ = [
+    "ALLOWED_TARGET_PREFIXES",
+    "ConfigError",
+    "build_scales",
+    "compose",
+    "config_dir",
+    "safe_instantiate",
+    "to_plain",
+    "validate_components",
+]
+
+log = logging.getLogger(__name__)
+
+#: ``_target_`` values a config may name; everything else is refused before anything is imported
+ALLOWED_TARGET_PREFIXES: tuple[str, ...] = (
+    "varkit.",
+    "lightning.pytorch.",
+    "pytorch_lightning.",
+    "torch.optim.",
+    "torchmetrics.",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; its message is shown to the user as is, without a traceback."""
+
+
+def config_dir() -> Path:
+    """The directory of varkit's own Hydra configs (``conf/`` in a checkout, ``varkit/conf`` in a wheel)."""
+    path = (Path(__file__).parent / "conf").resolve()
+    if not (path / "train_var.yaml").is_file():
+        raise ConfigError(f"varkit's configs were not found at {path}; the installation is incomplete")
+    return path
+
+
+def compose(config_name: str, overrides: Sequence[str] = (), *, with_hydra: bool = False) -> DictConfig:
+    """Compose ``config_name`` with Hydra's compose API (plugins' config options included).
+
+    ``${hydra:...}`` interpolations resolve as in a real run; ``with_hydra=True`` keeps the ``hydra`` node.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from varkit.plugins import load_plugins
+
+    load_plugins()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+    if not with_hydra:
+        with OmegaConf.read_write(cfg):
+            del cfg["hydra"]
+    return cfg
+
+
+def to_plain(cfg: Any) -> Any:
+    """A resolved plain-container copy (what checkpoints and loggers store: ``weights_only``-safe)."""
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    return cfg
+
+
+def build_scales(spec: Any) -> Scales:
+    """Build the scale schedule from a ``schedule`` config node (``{name: var_256}``), a list, or a ``Scales``."""
+    if isinstance(spec, Scales):
+        return spec
+    spec = to_plain(spec)
+    if isinstance(spec, Mapping):
+        return SCALE_SCHEDULES.build(spec)
+    if isinstance(spec, str):
+        return SCALE_SCHEDULES.build(spec)
+    if isinstance(spec, Iterable):
+        return Scales.of(list(spec))
+    raise ConfigError(f"cannot build a scale schedule from {spec!r}")
+
+
+def _iter_targets(node: Any, path: str = "") -> Iterable[tuple[str, str]]:
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key == "_target_":
+                yield path or "<root>", str(value)
+            else:
+                yield from _iter_targets(value, where)
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from _iter_targets(value, f"{path}[{i}]")
+
+
+def check_targets(node: Any) -> None:
+    """Refuse any ``_target_`` outside :data:`ALLOWED_TARGET_PREFIXES` (before anything is imported)."""
+    for where, target in _iter_targets(to_plain(node)):
+        if not target.startswith(ALLOWED_TARGET_PREFIXES):
+            raise ConfigError(
+                f"{where}._target_={target!r} is not allowed; configs may only instantiate "
+                f"{', '.join(p + '*' for p in ALLOWED_TARGET_PREFIXES)}. Register a component instead."
+            )
+
+
+def safe_instantiate(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` after checking every ``_target_`` in ``node`` against the allow-list."""
+    from hydra.utils import instantiate
+
+    check_targets(node)
+    return instantiate(node, **kwargs)
+
+
+def validate_components(cfg: DictConfig | Mapping[str, Any]) -> None:
+    """One clear error for unknown component names, bad schedules and forbidden targets, before any training.
+
+    Checks every top-level node whose key is a registry kind (``quantizer``, ``schedule``, ``attention``,
+    ``cfg_schedule``) and every ``_target_``.
+    """
+    plain = to_plain(cfg)
+    try:
+        for kind, registry in REGISTRIES.items():
+            node = plain.get(kind) if isinstance(plain, Mapping) else None
+            if node is None:
+                continue
+            name = node.get("name") if isinstance(node, Mapping) else node
+            if name is None:
+                raise ConfigError(f"config node '{kind}' needs a 'name' (one of: {', '.join(registry.names())})")
+            registry.get(str(name))
+        if isinstance(plain, Mapping) and plain.get("schedule") is not None:
+            build_scales(plain["schedule"])
+    except (UnknownComponentError, InvalidScalesError, TypeError) as err:
+        raise ConfigError(str(err)) from None
+    check_targets(plain)

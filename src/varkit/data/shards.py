@@ -1,0 +1,134 @@
+"""Writing and locating webdataset tar shards.
+
+A shard is a plain POSIX tar whose members are grouped into samples by their name up to the first dot
+(``000042.png`` + ``000042.cls`` form sample ``000042``), the layout read by ``webdataset``. The writer here fixes
+every header field (mtime, uid/gid, names, mode) and the member order, so the same input always produces the same
+bytes — shards can be checksummed and cached.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tarfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+__all__ = ["ShardWriter", "expand_urls", "read_classes", "write_classes"]
+
+logger = logging.getLogger(__name__)
+
+SHARD_PATTERN = "shard-{index:06d}.tar"
+
+
+class ShardWriter:
+    """Write samples into numbered tar shards ``OUT/shard-000000.tar``, ``shard-000001.tar``, ...
+
+    A new shard starts when the current one holds ``max_count`` samples or would exceed ``max_bytes``. Each shard is
+    written to ``*.tar.tmp`` and renamed when complete, so a crashed run never leaves a truncated ``.tar`` behind.
+
+    Example::
+
+        with ShardWriter(out_dir, max_count=1000) as writer:
+            writer.write("000000", {"png": png_bytes, "cls": b"3"})
+    """
+
+    def __init__(self, out_dir: str | Path, *, max_count: int = 10_000, max_bytes: int = 1 << 30) -> None:
+        if max_count < 1 or max_bytes < 1:
+            raise ValueError(f"max_count and max_bytes must be positive, got {max_count} and {max_bytes}")
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+        self.paths: list[Path] = []
+        self.samples_written = 0
+        self._tar: tarfile.TarFile | None = None
+        self._count = 0
+        self._bytes = 0
+
+    def _open_next(self) -> None:
+        self._close_current()
+        path = self.out_dir / SHARD_PATTERN.format(index=len(self.paths))
+        self.paths.append(path)
+        # USTAR headers have no pax timestamps/atime fields, which keeps output bytes a pure function of the input.
+        self._tar = tarfile.open(str(path) + ".tmp", mode="w", format=tarfile.USTAR_FORMAT)
+        self._count = 0
+        self._bytes = 0
+
+    def _close_current(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            path = self.paths[-1]
+            os.replace(str(path) + ".tmp", path)
+            logger.debug("wrote %s (%d samples)", path, self._count)
+            self._tar = None
+
+    def write(self, key: str, fields: Mapping[str, bytes]) -> None:
+        """Append one sample; ``fields`` maps extensions (``"png"``, ``"cls"``, ``"tokens.npy"``) to bytes."""
+        if "." in key or "/" in key:
+            raise ValueError(f"sample key {key!r} must not contain '.' or '/' (webdataset splits names at the dot)")
+        size = sum(512 + -(-len(v) // 512) * 512 for v in fields.values())
+        if self._tar is None or self._count >= self.max_count or (self._count and self._bytes + size > self.max_bytes):
+            self._open_next()
+        assert self._tar is not None
+        for ext in sorted(fields):
+            data = fields[ext]
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(data)
+            info.mtime = 0
+            info.mode = 0o444
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            self._tar.addfile(info, io.BytesIO(data))
+        self._count += 1
+        self._bytes += size
+        self.samples_written += 1
+
+    def close(self) -> None:
+        self._close_current()
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def expand_urls(urls: str | Path | Sequence[str | Path]) -> list[str]:
+    """Turn a shard specification into a list of URLs.
+
+    Accepts a brace pattern (``data/shard-{000000..000009}.tar``), a directory (all ``*.tar`` inside, sorted), a
+    single path, a ``pipe:`` command, ``::``-separated combinations of these, or a list of any of them (each
+    element expanded; webdataset itself does not expand braces inside lists).
+    """
+    from webdataset.shardlists import expand_urls as expand_braces
+
+    if isinstance(urls, (str, Path)):
+        urls = [str(urls)]
+    result: list[str] = []
+    for spec in urls:
+        for url in expand_braces(str(spec)):
+            if not url.startswith("pipe:") and os.path.isdir(url):
+                result.extend(sorted(str(p) for p in Path(url).glob("*.tar")))
+            else:
+                result.append(url)
+    return result
+
+
+def write_classes(out_dir: str | Path, classes: Sequence[str]) -> Path:
+    """Write ``classes.json`` (class name → index, in index order) into ``out_dir``."""
+    path = Path(out_dir) / "classes.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({name: index for index, name in enumerate(classes)}, indent=1) + "\n")
+    return path
+
+
+def read_classes(path: str | Path) -> list[str]:
+    """Read a ``classes.json`` written by :func:`write_classes` (or a directory holding one); names by index."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "classes.json"
+    mapping = json.loads(path.read_text())
+    return [name for name, _ in sorted(mapping.items(), key=lambda item: item[1])]

@@ -1,0 +1,382 @@
+"""The VAR transformer: class-conditional next-scale prediction (Tian et al., NeurIPS 2024, Sec. 3.2 and 4).
+
+A GPT-2-like decoder over the flattened token maps ``r_1 .. r_K`` of a multi-scale tokenizer. The tokens of scale k
+are predicted all at once from the class, the start tokens and the (embedded) accumulated latent of scales < k,
+under a block-causal mask. Conditioning enters through adaptive layer norm (DiT-style) in every block and before
+the head.
+
+* :meth:`VAR.forward` — teacher forcing: ``(labels, inputs of scales 2..K) -> logits of all L tokens``.
+* :meth:`VAR.generate` — scale-by-scale sampling with a pre-allocated KV cache and classifier-free guidance;
+  the quantizer (any :class:`~varkit.contracts.MultiScaleQuantizer`) is passed in, the transformer does not own
+  it. It returns tokens and the accumulated latent; :func:`sample_images` also decodes them with a VQ-VAE.
+
+The transformer computes in the dtype of its weights: ``model.to(torch.bfloat16)`` gives bf16 inference without
+autocast re-casting the weights at every call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from varkit.contracts import BlockCausalMask, GuidanceSchedule, MultiScaleQuantizer, Scales
+from varkit.models.sampling import filter_logits, gumbel_softmax, guided_logits, sample_tokens, smooth_temperature
+from varkit.nn.adaln import AdaLNModulation, HeadAdaLN, SharedAdaLN
+from varkit.nn.attention import KernelSpec, KVCache, build_attention_kernel
+from varkit.nn.block import AdaLNBlock
+from varkit.nn.embeddings import ScalePositionEmbedding
+from varkit.registry import CFG_SCHEDULES, SCALE_SCHEDULES
+
+__all__ = ["VAR", "GenerationOutput", "resolve_scales", "sample_images"]
+
+ScalesSpec = Scales | Sequence[int | Sequence[int]] | str | Mapping[str, Any]
+CfgScheduleSpec = str | Mapping[str, Any] | GuidanceSchedule | Callable[[int, int, float], float]
+
+
+def resolve_scales(spec: ScalesSpec) -> Scales:
+    """A :class:`Scales` from itself, a list of sizes, a schedule name (``"var_256"``) or a schedule spec mapping."""
+    if isinstance(spec, Scales):
+        return spec
+    if isinstance(spec, str):
+        return SCALE_SCHEDULES.build({"name": spec})
+    if isinstance(spec, Mapping):
+        return SCALE_SCHEDULES.build(dict(spec))
+    return Scales.of(spec)
+
+
+def _resolve_cfg_schedule(spec: CfgScheduleSpec) -> Callable[[int, int, float], float]:
+    if isinstance(spec, str):
+        return CFG_SCHEDULES.build({"name": spec})
+    if isinstance(spec, Mapping):
+        return CFG_SCHEDULES.build(dict(spec))
+    return spec
+
+
+@dataclass
+class GenerationOutput:
+    """What :meth:`VAR.generate` returns.
+
+    ``tokens[k]``: ``(b, h_k * w_k)`` int64 tokens of scale k; ``latent``: ``(b, code_dim, H, W)`` float32, the
+    latent accumulated over all scales (what the VQ-VAE decoder turns into an image).
+    """
+
+    tokens: list[Tensor]
+    latent: Tensor
+
+
+class LatentDecoder(Protocol):
+    """Anything that maps an accumulated latent to images in [-1, 1] (e.g. varkit's VQ-VAE)."""
+
+    def decode_latent(self, latent: Tensor) -> Tensor: ...
+
+
+class VAR(nn.Module):
+    """Visual autoregressive transformer over a multi-scale token pyramid.
+
+    Args:
+        num_classes: number of class labels; row ``num_classes`` of the class embedding is the null class used
+            for classifier-free guidance and class dropout.
+        depth, width, num_heads, mlp_ratio: transformer shape (``width`` is the embedding dimension).
+        dropout: dropout after the attention projection and the MLP; attention_dropout: on attention weights.
+        drop_path: the stochastic-depth rate of the last block (linearly increasing from 0 over the blocks).
+        norm_eps: layer-norm epsilon.
+        shared_adaln: one adaLN projection for all blocks plus a per-block learned offset (VAR-d36).
+        qk_l2_norm: cosine attention with a learned per-head temperature.
+        class_dropout: probability of replacing a label by the null class in training (enables CFG).
+        codebook_size, code_dim: the tokenizer's vocabulary size and code-vector dimension.
+        scales: the token-map schedule (a :class:`Scales`, a list of sizes or a registered schedule name).
+        attention: the attention kernel (registry name or spec mapping, see :data:`varkit.ATTENTION_KERNELS`).
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 1000,
+        depth: int = 16,
+        width: int = 1024,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        drop_path: float = 0.0,
+        norm_eps: float = 1e-6,
+        shared_adaln: bool = False,
+        qk_l2_norm: bool = True,
+        class_dropout: float = 0.1,
+        codebook_size: int = 4096,
+        code_dim: int = 32,
+        scales: ScalesSpec = "var_256",
+        attention: KernelSpec = "sdpa",
+    ) -> None:
+        super().__init__()
+        if width % num_heads:
+            raise ValueError(f"width {width} must be divisible by num_heads {num_heads}")
+        if not 0.0 <= class_dropout < 1.0:
+            raise ValueError(f"class_dropout must be in [0, 1), got {class_dropout}")
+        self.scales = resolve_scales(scales)
+        self.num_classes, self.depth, self.width, self.num_heads = num_classes, depth, width, num_heads
+        self.codebook_size, self.code_dim = codebook_size, code_dim
+        self.class_dropout = float(class_dropout)
+        self.mask = BlockCausalMask(self.scales)
+        self.config: dict[str, Any] = {
+            "num_classes": num_classes,
+            "depth": depth,
+            "width": width,
+            "num_heads": num_heads,
+            "mlp_ratio": float(mlp_ratio),
+            "dropout": float(dropout),
+            "attention_dropout": float(attention_dropout),
+            "drop_path": float(drop_path),
+            "norm_eps": float(norm_eps),
+            "shared_adaln": bool(shared_adaln),
+            "qk_l2_norm": bool(qk_l2_norm),
+            "class_dropout": float(class_dropout),
+            "codebook_size": codebook_size,
+            "code_dim": code_dim,
+            "scales": self.scales.as_list(),
+            "attention": attention if isinstance(attention, str) else dict(attention)  # type: ignore[arg-type]
+            if isinstance(attention, Mapping)
+            else getattr(attention, "name", repr(attention)),
+        }
+
+        std = math.sqrt(1.0 / width / 3.0)
+        self.class_embedding = nn.Embedding(num_classes + 1, width)
+        self.start_tokens = nn.Parameter(torch.empty(1, self.scales.first_tokens, width))
+        nn.init.trunc_normal_(self.start_tokens, mean=0.0, std=std)
+        self.word_embedding = nn.Linear(code_dim, width)
+        self.position_embedding = ScalePositionEmbedding(self.scales, width, init_std=std)
+
+        self.shared_adaln = SharedAdaLN(width, width) if shared_adaln else None
+        kernel = build_attention_kernel(attention)  # one stateless kernel object shared by all blocks
+        rates = torch.linspace(0.0, drop_path, depth).tolist() if depth > 1 else [0.0]
+        self.blocks = nn.ModuleList(
+            AdaLNBlock(
+                width,
+                num_heads,
+                width,
+                mlp_ratio=mlp_ratio,
+                dropout=dropout,
+                attention_dropout=attention_dropout,
+                drop_path=rate,
+                norm_eps=norm_eps,
+                shared_adaln=shared_adaln,
+                qk_l2_norm=qk_l2_norm,
+                attention=kernel,
+            )
+            for rate in rates
+        )
+        self.head_norm = HeadAdaLN(width, width, norm_eps)
+        self.head = nn.Linear(width, codebook_size)
+        self.init_weights()
+
+    # -- initialisation -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def init_weights(
+        self,
+        init_adaln: float = 0.5,
+        init_adaln_gamma: float = 1e-5,
+        init_head: float = 0.02,
+        init_std: float | None = None,
+    ) -> None:
+        """The reference initialisation (VAR's ``init_weights``).
+
+        Linear and embedding weights ~ truncated normal(``init_std``, default ``sqrt(1 / (3 width))``), biases 0;
+        the head scaled by ``init_head``; adaLN scale/shift rows by ``init_adaln`` and gate rows by
+        ``init_adaln_gamma`` (each block starts close to the identity); the residual output projections (attention
+        ``proj``, MLP ``fc2``) divided by ``sqrt(2 depth)`` as in GPT-2.
+        """
+        std = math.sqrt(1.0 / self.width / 3.0) if init_std is None else init_std
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=std)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.Embedding):
+                nn.init.trunc_normal_(module.weight, std=std)
+        self.head.weight.mul_(init_head)
+        self.head.bias.zero_()
+        self.head_norm.linear.weight.mul_(init_adaln)
+        self.head_norm.linear.bias.zero_()
+        width, depth = self.width, len(self.blocks)
+        for block in self.blocks:
+            assert isinstance(block, AdaLNBlock)
+            block.attention.proj.weight.div_(math.sqrt(2 * depth))
+            block.mlp.fc2.weight.div_(math.sqrt(2 * depth))
+            adaln: AdaLNModulation = block.adaln
+            if adaln.shared:
+                adaln.gss[:, :, 2:].mul_(init_adaln)
+                adaln.gss[:, :, :2].mul_(init_adaln_gamma)
+            else:
+                adaln.linear.weight[2 * width :].mul_(init_adaln)
+                adaln.linear.weight[: 2 * width].mul_(init_adaln_gamma)
+                adaln.linear.bias.zero_()
+
+    # -- shared pieces --------------------------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.head.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    def block_modulations(self, cond: Tensor) -> list[Tensor]:
+        """Each block's six adaLN vectors ``(b, 1, 6, width)`` for class embeddings ``cond`` ``(b, width)``."""
+        source = self.shared_adaln(cond) if self.shared_adaln is not None else cond
+        return [block.adaln(source) for block in self.blocks]  # type: ignore[union-attr]
+
+    def drop_labels(self, labels: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """Class dropout: each label becomes the null class with probability ``class_dropout``."""
+        if self.class_dropout <= 0.0:
+            return labels
+        draws = torch.rand(labels.shape, device=labels.device, generator=generator)
+        return torch.where(draws < self.class_dropout, torch.full_like(labels, self.num_classes), labels)
+
+    # -- teacher forcing ------------------------------------------------------------------------------------------
+    def forward(self, labels: Tensor, inputs: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """Teacher-forced logits ``(b, L, codebook_size)`` float32.
+
+        Args:
+            labels: ``(b,)`` class indices (``num_classes`` = null class). Class dropout applies in training.
+            inputs: ``(b, L - h_1*w_1, code_dim)`` inputs of scales 2..K, i.e.
+                :meth:`MultiScaleQuantizer.teacher_forcing_inputs`. A prefix covering only the first scales is
+                accepted too; the logits then cover the same prefix.
+            generator: randomness of class dropout.
+        """
+        if self.training:
+            labels = self.drop_labels(labels, generator=generator)
+        cond = self.class_embedding(labels)
+        batch, first = labels.shape[0], self.scales.first_tokens
+        length = first + inputs.shape[1]
+        if length > self.scales.total_tokens:
+            raise ValueError(
+                f"teacher-forcing inputs have {inputs.shape[1]} tokens; scales {self.scales.describe()} allow at most "
+                f"{self.scales.total_tokens - first}"
+            )
+        start = cond[:, None] + self.start_tokens.expand(batch, -1, -1)
+        x = torch.cat((start, self.word_embedding(inputs.to(self.word_embedding.weight.dtype))), dim=1)
+        x = x + self.position_embedding()[:, :length]
+        for block, modulation in zip(self.blocks, self.block_modulations(cond)):
+            x = block(x, modulation, mask=self.mask)
+        return self.head(self.head_norm(x, cond)).float()
+
+    # -- sampling -------------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(
+        self,
+        labels: Tensor,
+        quantizer: MultiScaleQuantizer,
+        *,
+        cfg: float = 1.5,
+        cfg_schedule: CfgScheduleSpec = "linear",
+        top_k: int = 0,
+        top_p: float = 0.0,
+        temperature: float = 1.0,
+        smooth: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> GenerationOutput:
+        """Sample token maps coarse to fine (VAR Algorithm 2), one transformer pass per scale with a KV cache.
+
+        Args:
+            labels: ``(b,)`` class indices; ``num_classes`` samples unconditionally.
+            quantizer: the tokenizer's quantizer; provides code vectors (``lookup``) and each next input
+                (``next_scale_input``).
+            cfg: nominal guidance scale; ``cfg_schedule`` (a registered name of :data:`varkit.CFG_SCHEDULES`, a
+                spec mapping or a callable ``(k, K, cfg) -> t_k``) gives the weight ``t_k`` of each scale, mixing
+                ``(1 + t_k) * cond - t_k * uncond``. If every ``t_k`` is 0 the unconditional half is skipped.
+            top_k, top_p, temperature: the usual filters (``top_k=1`` is greedy).
+            smooth: the reference's "more smooth" visualisation mode: the next input is built from a Gumbel-softmax
+                mixture of code vectors instead of the sampled codes (tokens are still sampled).
+            generator: the only source of randomness.
+
+        Nothing is stored on the module: the caches live for one call.
+        """
+        scales, num_scales = self.scales, self.scales.num_scales
+        schedule = _resolve_cfg_schedule(cfg_schedule)
+        weights = [float(schedule(k, num_scales, cfg)) for k in range(num_scales)]
+        guided = any(w != 0.0 for w in weights)
+        labels = labels.to(self.device)
+        batch = labels.shape[0]
+        rows = 2 * batch if guided else batch
+        cond_labels = torch.cat((labels, torch.full_like(labels, self.num_classes))) if guided else labels
+        cond = self.class_embedding(cond_labels)
+        # The condition is fixed for the whole call: compute every adaLN modulation once, not once per scale.
+        modulations = self.block_modulations(cond)
+        head_modulation = self.head_norm.modulation(cond)
+        positions = self.position_embedding()
+        head_dim = self.width // self.num_heads
+        caches = [
+            KVCache(rows, self.num_heads, scales.total_tokens, head_dim, dtype=self.dtype, device=self.device)
+            for _ in self.blocks
+        ]
+        codebook = quantizer.lookup(torch.arange(self.codebook_size, device=self.device)[None])[0] if smooth else None
+
+        x = cond[:, None] + self.start_tokens.expand(rows, -1, -1) + positions[:, : scales.first_tokens]
+        accumulated = torch.zeros(batch, self.code_dim, *scales.last, device=self.device)
+        tokens: list[Tensor] = []
+        for k, (height, width) in enumerate(scales.sizes):
+            for block, modulation, cache in zip(self.blocks, modulations, caches):
+                x = block(x, modulation, cache=cache)
+            logits = self.head(self.head_norm(x, modulation=head_modulation)).float()
+            if guided:
+                logits = guided_logits(logits[:batch], logits[batch:], weights[k])
+            indices = sample_tokens(logits, top_k=top_k, top_p=top_p, temperature=temperature, generator=generator)
+            tokens.append(indices)
+            if codebook is not None:
+                progress = k / (num_scales - 1) if num_scales > 1 else 1.0
+                filtered = filter_logits(logits, top_k=top_k, top_p=top_p, temperature=temperature)
+                soft = gumbel_softmax(filtered * (1.0 + progress), smooth_temperature(progress), generator=generator)
+                codes = soft @ codebook
+            else:
+                codes = quantizer.lookup(indices)
+            code_map = codes.transpose(1, 2).reshape(batch, self.code_dim, height, width)
+            accumulated, following = quantizer.next_scale_input(k, accumulated, code_map, scales)
+            if k + 1 < num_scales:
+                following = following.flatten(2).transpose(1, 2).to(self.dtype)
+                x = self.word_embedding(following) + positions[:, scales.slice(k + 1)]
+                if guided:
+                    x = torch.cat((x, x))
+        return GenerationOutput(tokens=tokens, latent=accumulated)
+
+    # -- construction helpers -------------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> VAR:
+        """Build from a plain config mapping (constructor argument names), e.g. :attr:`VAR.config`."""
+        return cls(**dict(config))
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> VAR:
+        """Build a named preset (``var_d16``, ``var_tiny``, ...) with optional argument overrides."""
+        from varkit.models.var_presets import var_preset
+
+        return cls(**var_preset(name, **overrides))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def extra_repr(self) -> str:
+        return f"scales={self.scales.describe()}, num_classes={self.num_classes}, codebook_size={self.codebook_size}"
+
+
+@torch.inference_mode()
+def sample_images(
+    var: VAR,
+    vqvae: nn.Module,
+    labels: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    **sampling: Any,
+) -> Tensor:
+    """Generate with ``var`` using ``vqvae.quantizer`` and decode with ``vqvae``: images ``(b, 3, H, W)`` in [0, 1].
+
+    ``sampling`` is forwarded to :meth:`VAR.generate` (``cfg``, ``cfg_schedule``, ``top_k``, ``top_p``, ...).
+    The VQ-VAE must expose ``quantizer`` and ``decode_latent(latent) -> images in [-1, 1]``.
+    """
+    out = var.generate(labels, vqvae.quantizer, generator=generator, **sampling)  # type: ignore[arg-type]
+    images = vqvae.decode_latent(out.latent)  # type: ignore[operator]
+    return images.float().clamp(-1.0, 1.0).add(1.0).mul(0.5)

@@ -1,0 +1,235 @@
+"""Multi-scale residual quantization, shared by every VAR-style quantizer (VAR paper, Sec. 3.3, Algorithms 1-2).
+
+Encoding a latent ``f`` of size ``H x W`` into K token maps, coarse to fine::
+
+    residual = f;  accumulated = 0
+    for k in 1..K:
+        r_k   = quantize(area_downsample(residual, (h_k, w_k)))      # no resampling at the last scale
+        z_k   = phi_k(bicubic_upsample(codes(r_k), (H, W)))           # no resampling at the last scale
+        accumulated += z_k;  residual -= z_k
+
+A subclass only says how one map is quantized (:meth:`MultiScaleResidualQuantizer.quantize_map`) and how indices
+become code vectors (:meth:`lookup`); everything else (training forward and loss, encode/decode, the transformer's
+teacher-forcing inputs and the sampling step) lives here once.
+
+Every method computes in float32 with autocast disabled: token ids must not depend on the precision the caller
+happens to run in (the official code crashes under CPU bf16 autocast for exactly this reason).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from varkit.contracts import QuantizerOutput, Scales
+from varkit.quantizers.phi import ResidualPhi
+
+__all__ = ["MultiScaleResidualQuantizer"]
+
+
+@contextlib.contextmanager
+def _full_precision(device: torch.device) -> Iterator[None]:
+    """Disable autocast on ``device`` so quantization runs in the float32 the inputs are cast to."""
+    with torch.autocast(device_type=device.type, enabled=False):
+        yield
+
+
+class MultiScaleResidualQuantizer(nn.Module):
+    """Base class: the residual multi-scale scheme around a single-map quantizer.
+
+    Args:
+        code_dim: channels of the latents (and of the code vectors).
+        beta: commitment weight of the loss ``beta * |sg(f_hat) - f|^2 + |f_hat - sg(f)|^2``.
+        phi_ratio: mixing ratio of the residual convolutions φ (0 disables them).
+        phi_count: 1 = one shared φ, N >= 2 = N partially shared, 0 = one per scale.
+        num_scales: number of scales; required only when ``phi_count == 0`` (the builders fill it from the
+            schedule), because that is the only case where the parameter count depends on the schedule.
+    """
+
+    codebook_size: int
+    code_dim: int
+
+    def __init__(
+        self,
+        code_dim: int,
+        beta: float = 0.25,
+        phi_ratio: float = 0.5,
+        phi_count: int = 4,
+        num_scales: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.code_dim = int(code_dim)
+        self.beta = float(beta)
+        self.phi = ResidualPhi(self.code_dim, ratio=phi_ratio, count=phi_count, num_scales=num_scales)
+
+    # -- what a subclass provides ----------------------------------------------------------------------------
+    def quantize_map(self, residual: Tensor) -> tuple[Tensor, Tensor]:
+        """Quantize one float32 map ``(b, d, h, w)`` -> (codes ``(b, d, h, w)`` float32, indices ``(b, h*w)``).
+
+        The codes carry whatever gradient the quantizer trains through (codebook, projections); the residual
+        itself arrives detached.
+        """
+        raise NotImplementedError
+
+    def lookup(self, indices: Tensor) -> Tensor:
+        """Code vectors of ``indices`` ``(b, l)`` -> ``(b, l, code_dim)`` float32."""
+        raise NotImplementedError
+
+    # -- helpers ------------------------------------------------------------------------------------------------
+    def lookup_map(self, indices: Tensor, size: tuple[int, int]) -> Tensor:
+        """Code vectors of one scale's indices ``(b, h*w)`` as a map ``(b, code_dim, h, w)``."""
+        codes = self.lookup(indices)
+        return codes.transpose(1, 2).reshape(codes.shape[0], self.code_dim, size[0], size[1])
+
+    def _check(self, latents: Tensor, scales: Scales) -> None:
+        if latents.ndim != 4 or latents.shape[1] != self.code_dim:
+            raise ValueError(f"expected latents (b, {self.code_dim}, H, W), got {tuple(latents.shape)}")
+        if tuple(latents.shape[-2:]) != scales.last:
+            raise ValueError(
+                f"the last scale {scales.last[0]}x{scales.last[1]} of {scales.describe()} must equal the latent "
+                f"size {latents.shape[-2]}x{latents.shape[-1]}"
+            )
+
+    def _upsampled_contribution(self, codes: Tensor, k: int, scales: Scales) -> Tensor:
+        """φ_k(bicubic-upsample(codes)) at the latent size; the last scale is already at full size."""
+        if k != len(scales) - 1:
+            codes = F.interpolate(codes.contiguous(), size=scales.last, mode="bicubic")
+        return self.phi(codes, k, len(scales))
+
+    @staticmethod
+    def _downsample(latents: Tensor, size: tuple[int, int], is_last: bool) -> Tensor:
+        return latents if is_last else F.interpolate(latents, size=size, mode="area")
+
+    # -- training -----------------------------------------------------------------------------------------------
+    def forward(self, latents: Tensor, scales: Scales) -> QuantizerOutput:
+        """Quantize ``latents`` ``(b, d, H, W)``; ``quantized`` has a straight-through gradient to ``latents``."""
+        self._check(latents, scales)
+        with _full_precision(latents.device):
+            target = latents.float()
+            frozen = target.detach()
+            residual = frozen.clone()
+            accumulated = torch.zeros_like(frozen)
+            indices: list[Tensor] = []
+            counts: list[Tensor] = []
+            commitment = frozen.new_zeros(())
+            codebook = frozen.new_zeros(())
+            last = len(scales) - 1
+            for k, size in enumerate(scales.sizes):
+                codes, idx = self.quantize_map(self._downsample(residual, size, k == last))
+                contribution = self._upsampled_contribution(codes, k, scales)
+                accumulated = accumulated + contribution
+                # the residual only feeds the (non-differentiable) code choice of the next scales
+                residual = residual - contribution.detach()
+                indices.append(idx)
+                counts.append(torch.bincount(idx.flatten(), minlength=self.codebook_size))
+                commitment = commitment + F.mse_loss(accumulated.detach(), target)
+                codebook = codebook + F.mse_loss(accumulated, frozen)
+            commitment = commitment / len(scales)
+            codebook = codebook / len(scales)
+            loss = self.beta * commitment + codebook
+            # straight-through estimator: the value of the quantized latent, the gradient of the identity; adding
+            # an exact zero (rather than VAR's `(f_hat - f) + f`) keeps the value bit-identical to `decode`
+            quantized = accumulated.detach() + (target - frozen)
+        return QuantizerOutput(
+            quantized=quantized,
+            indices=indices,
+            loss=loss,
+            code_counts=torch.stack(counts),
+            extras={"commitment_loss": commitment.detach(), "codebook_loss": codebook.detach()},
+        )
+
+    # -- tokenizing ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _encode(self, latents: Tensor, scales: Scales, keep_latents: bool) -> tuple[list[Tensor], list[Tensor]]:
+        self._check(latents, scales)
+        with _full_precision(latents.device):
+            residual = latents.detach().float().clone()
+            accumulated = torch.zeros_like(residual)
+            indices: list[Tensor] = []
+            per_scale: list[Tensor] = []
+            last = len(scales) - 1
+            for k, size in enumerate(scales.sizes):
+                codes, idx = self.quantize_map(self._downsample(residual, size, k == last))
+                contribution = self._upsampled_contribution(codes, k, scales)
+                accumulated = accumulated + contribution
+                residual = residual - contribution
+                indices.append(idx)
+                if keep_latents:
+                    per_scale.append(accumulated)
+        return indices, per_scale
+
+    def encode(self, latents: Tensor, scales: Scales) -> list[Tensor]:
+        """Token indices per scale: a list of K int64 tensors ``(b, h_k * w_k)``."""
+        return self._encode(latents, scales, keep_latents=False)[0]
+
+    def encode_per_scale(self, latents: Tensor, scales: Scales) -> tuple[list[Tensor], list[Tensor]]:
+        """Indices per scale and the accumulated latent after each scale (both lists of length K)."""
+        return self._encode(latents, scales, keep_latents=True)
+
+    def _check_indices(self, indices: Sequence[Tensor], scales: Scales) -> None:
+        if len(indices) != len(scales):
+            raise ValueError(f"got {len(indices)} index maps for {len(scales)} scales {scales.describe()}")
+        for k, (idx, count) in enumerate(zip(indices, scales.token_counts)):
+            if idx.ndim != 2 or idx.shape[1] != count:
+                raise ValueError(f"indices of scale {k} must be (b, {count}), got {tuple(idx.shape)}")
+
+    @torch.no_grad()
+    def decode_per_scale(self, indices: Sequence[Tensor], scales: Scales) -> list[Tensor]:
+        """The accumulated latent ``(b, d, H, W)`` after each scale (coarse-to-fine previews); length K."""
+        self._check_indices(indices, scales)
+        batch = indices[0].shape[0]
+        height, width = scales.last
+        with _full_precision(indices[0].device):
+            accumulated = torch.zeros(batch, self.code_dim, height, width, device=indices[0].device)
+            out: list[Tensor] = []
+            for k, (idx, size) in enumerate(zip(indices, scales.sizes)):
+                accumulated = accumulated + self._upsampled_contribution(self.lookup_map(idx, size), k, scales)
+                out.append(accumulated)
+        return out
+
+    def decode(self, indices: Sequence[Tensor], scales: Scales) -> Tensor:
+        """The accumulated latent ``(b, d, H, W)`` of all K scales."""
+        return self.decode_per_scale(indices, scales)[-1]
+
+    # -- the transformer's view ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def teacher_forcing_inputs(self, indices: Sequence[Tensor], scales: Scales) -> Tensor:
+        """Inputs of scales 2..K for teacher forcing: ``(b, L - h_1*w_1, d)`` float32.
+
+        The input of scale k+1 is the latent accumulated over scales 1..k, area-downsampled to (h_{k+1}, w_{k+1})
+        (VAR Algorithm 1's ``f_hat`` seen at the next resolution). Returns a ``(b, 0, d)`` tensor when K = 1.
+        """
+        self._check_indices(indices, scales)
+        batch = indices[0].shape[0]
+        device = indices[0].device
+        with _full_precision(device):
+            accumulated = torch.zeros(batch, self.code_dim, *scales.last, device=device)
+            inputs: list[Tensor] = [torch.zeros(batch, 0, self.code_dim, device=device)]
+            for k in range(len(scales) - 1):
+                codes = self.lookup_map(indices[k], scales.sizes[k])
+                accumulated = accumulated + self._upsampled_contribution(codes, k, scales)
+                following = F.interpolate(accumulated, size=scales.sizes[k + 1], mode="area")
+                inputs.append(following.flatten(2).transpose(1, 2))
+        return torch.cat(inputs, dim=1)
+
+    @torch.no_grad()
+    def next_scale_input(self, k: int, accumulated: Tensor, codes: Tensor, scales: Scales) -> tuple[Tensor, Tensor]:
+        """One sampling step: add scale ``k``'s codes ``(b, d, h_k, w_k)`` to ``accumulated`` ``(b, d, H, W)``.
+
+        Start from ``torch.zeros(b, d, H, W)``. Returns the new accumulated latent and the next input: the
+        accumulated latent area-downsampled to scale ``k + 1``'s size, or the accumulated latent itself after the
+        last scale. ``accumulated`` is not modified in place.
+        """
+        if not 0 <= k < len(scales):
+            raise ValueError(f"scale index {k} out of range for {len(scales)} scales")
+        if tuple(codes.shape[-2:]) != scales.sizes[k]:
+            raise ValueError(f"codes of scale {k} must be {scales.sizes[k]}, got {tuple(codes.shape[-2:])}")
+        with _full_precision(codes.device):
+            accumulated = accumulated.float() + self._upsampled_contribution(codes.float(), k, scales)
+            if k == len(scales) - 1:
+                return accumulated, accumulated
+            return accumulated, F.interpolate(accumulated, size=scales.sizes[k + 1], mode="area")
