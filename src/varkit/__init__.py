@@ -4,8 +4,11 @@
 kernels); plugins are loaded explicitly with :func:`varkit.plugins.load_plugins` (the CLI does it for you).
 """
 
-from varkit import guidance, scales  # noqa: F401  (registers built-ins)
-from varkit import attention  # noqa: F401  (registers the attention kernels)
+from varkit import (  # noqa: F401  (registers built-ins)
+    attention,
+    guidance,
+    scales,
+)
 from varkit.contracts import BlockCausalMask, QuantizerOutput, Scales
 from varkit.registry import ATTENTION_KERNELS, CFG_SCHEDULES, QUANTIZERS, REGISTRIES, SCALE_SCHEDULES, Registry
 

@@ -49,6 +49,13 @@ class SkipStats:
         room = self.max_examples - len(self.examples)
         self.examples.extend(other.examples[: max(room, 0)])
 
+    def take(self) -> SkipStats:
+        """Return the counts so far and reset this object to zero (used to ship per-batch deltas)."""
+        taken = self.copy()
+        self.corrupt = self.missing_keys = self.shard_errors = 0
+        self.examples = []
+        return taken
+
     def copy(self) -> SkipStats:
         return SkipStats.from_state_dict(self.state_dict())
 

@@ -57,6 +57,15 @@ def _resolve_cfg_schedule(spec: CfgScheduleSpec) -> Callable[[int, int, float], 
     return spec
 
 
+def _kernel_spec_as_data(spec: KernelSpec) -> str | dict[str, Any]:
+    """Plain-data form of a kernel spec for configs (a kernel object is recorded by its registry name)."""
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, Mapping):
+        return dict(spec)
+    return str(getattr(spec, "name", "sdpa"))
+
+
 @dataclass
 class GenerationOutput:
     """What :meth:`VAR.generate` returns.
@@ -139,9 +148,7 @@ class VAR(nn.Module):
             "codebook_size": codebook_size,
             "code_dim": code_dim,
             "scales": self.scales.as_list(),
-            "attention": attention if isinstance(attention, str) else dict(attention)  # type: ignore[arg-type]
-            if isinstance(attention, Mapping)
-            else getattr(attention, "name", repr(attention)),
+            "attention": _kernel_spec_as_data(attention),
         }
 
         std = math.sqrt(1.0 / width / 3.0)

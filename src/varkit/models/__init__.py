@@ -1,0 +1,6 @@
+"""Models: the VAR transformer (and its sampling functions, presets) and the multi-scale VQ-VAE tokenizer."""
+
+from varkit.models.var import VAR, GenerationOutput, sample_images
+from varkit.models.var_presets import VAR_PRESETS, var_preset
+
+__all__ = ["VAR", "VAR_PRESETS", "GenerationOutput", "sample_images", "var_preset"]

@@ -1,0 +1,14 @@
+"""Public conformance kit: checks any component (built-in or plugin) against varkit's contracts.
+
+Import it from a plugin's tests: ``from varkit.testing import check_attention_kernel``.
+"""
+
+from varkit.testing.attention import AttentionReport, check_attention_kernel
+from varkit.testing.schedules import check_cfg_schedule, check_scale_schedule
+
+__all__ = [
+    "AttentionReport",
+    "check_attention_kernel",
+    "check_cfg_schedule",
+    "check_scale_schedule",
+]
