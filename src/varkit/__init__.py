@@ -7,6 +7,7 @@ kernels); plugins are loaded explicitly with :func:`varkit.plugins.load_plugins`
 from varkit import (  # noqa: F401  (registers built-ins)
     attention,
     guidance,
+    quantizers,
     scales,
 )
 from varkit.contracts import BlockCausalMask, QuantizerOutput, Scales

@@ -83,9 +83,11 @@ class FlexAttention(KernelBase):
         scale: float | None = None,
     ) -> Tensor:
         self.check(q, k, v, mask=mask, dropout_p=dropout_p)
+        if not torch.is_grad_enabled() and q.device.type == "cpu":
+            # torch's CPU check looks at requires_grad alone; under no_grad nothing is recorded, so detaching is exact
+            q, k, v = q.detach(), k.detach(), v.detach()
         block_mask = None if mask is None else block_causal_block_mask(mask, q.shape[-2], k.shape[-2], q.device)
-        out = self._function(q.device)(q, k, v, block_mask=block_mask, scale=scale)
-        return out
+        return self._function(q.device)(q, k, v, block_mask=block_mask, scale=scale)
 
     def __repr__(self) -> str:
         return f"FlexAttention(compile={self.compile!r})"

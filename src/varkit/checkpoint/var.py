@@ -21,6 +21,7 @@ from varkit.models.var import VAR
 __all__ = [
     "DERIVED_KEYS",
     "CheckpointKeyError",
+    "infer_official_var_config",
     "official_key_map",
     "var_config_from_official",
     "var_from_official",
@@ -67,6 +68,38 @@ def var_config_from_official(config: Mapping[str, Any]) -> dict[str, Any]:
         "code_dim": int(config.get("Cvae", 32)),
         "scales": list(config.get("patch_nums", (1, 2, 3, 4, 5, 6, 8, 10, 13, 16))),
     }
+
+
+def infer_official_var_config(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
+    """Reference-named config read off an official VAR state dict (released ``var_d*.pth`` files need no more).
+
+    Depth from the block count, width from ``class_emb``, heads from ``scale_mul_1H11`` (else depth, the released
+    rule), the scale sizes from ``lvl_1L`` (square maps), ``V``/``Cvae`` from the head and the word embedding.
+    """
+    state = _strip_prefixes(state_dict)
+    if "class_emb.weight" not in state or "head.weight" not in state:
+        raise CheckpointKeyError("not an official VAR state dict: 'class_emb.weight' / 'head.weight' are missing")
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    rows, width = state["class_emb.weight"].shape
+    log_scale = state.get("blocks.0.attn.scale_mul_1H11")
+    config: dict[str, Any] = {
+        "num_classes": int(rows) - 1,
+        "depth": depth,
+        "embed_dim": int(width),
+        "num_heads": int(log_scale.shape[1]) if log_scale is not None else depth,
+        "mlp_ratio": state["blocks.0.ffn.fc1.weight"].shape[0] / width,
+        "shared_aln": "shared_ada_lin.1.weight" in state,
+        "attn_l2_norm": log_scale is not None,
+        "V": int(state["head.weight"].shape[0]),
+        "Cvae": int(state["word_embed.weight"].shape[1]),
+    }
+    if "lvl_1L" in state:
+        counts = torch.bincount(state["lvl_1L"].flatten().long()).tolist()
+        sizes = [round(c**0.5) for c in counts]
+        if any(s * s != c for s, c in zip(sizes, counts)):
+            raise ValueError(f"non-square token maps in lvl_1L ({counts}); pass patch_nums explicitly")
+        config["patch_nums"] = sizes
+    return config
 
 
 def official_key_map(depth: int, *, shared_adaln: bool, qk_l2_norm: bool) -> dict[str, str]:

@@ -81,7 +81,7 @@ class GenerationOutput:
 class LatentDecoder(Protocol):
     """Anything that maps an accumulated latent to images in [-1, 1] (e.g. varkit's VQ-VAE)."""
 
-    def decode_latent(self, latent: Tensor) -> Tensor: ...
+    def decode_latents(self, latents: Tensor) -> Tensor: ...
 
 
 class VAR(nn.Module):
@@ -353,8 +353,9 @@ class VAR(nn.Module):
     # -- construction helpers -------------------------------------------------------------------------------------
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> VAR:
-        """Build from a plain config mapping (constructor argument names), e.g. :attr:`VAR.config`."""
-        return cls(**dict(config))
+        """Build from a plain config mapping (constructor argument names), e.g. :attr:`VAR.config` or a
+        ``conf/model/*.yaml`` node (its informational ``name`` key, the preset it mirrors, is ignored)."""
+        return cls(**{k: v for k, v in config.items() if k != "name"})
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> VAR:
@@ -382,8 +383,8 @@ def sample_images(
     """Generate with ``var`` using ``vqvae.quantizer`` and decode with ``vqvae``: images ``(b, 3, H, W)`` in [0, 1].
 
     ``sampling`` is forwarded to :meth:`VAR.generate` (``cfg``, ``cfg_schedule``, ``top_k``, ``top_p``, ...).
-    The VQ-VAE must expose ``quantizer`` and ``decode_latent(latent) -> images in [-1, 1]``.
+    The VQ-VAE must expose ``quantizer`` and ``decode_latents(latent) -> images in [-1, 1]`` (:class:`VQVAE`).
     """
     out = var.generate(labels, vqvae.quantizer, generator=generator, **sampling)  # type: ignore[arg-type]
-    images = vqvae.decode_latent(out.latent)  # type: ignore[operator]
+    images = vqvae.decode_latents(out.latent)  # type: ignore[operator]
     return images.float().clamp(-1.0, 1.0).add(1.0).mul(0.5)

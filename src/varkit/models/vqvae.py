@@ -99,6 +99,8 @@ class VQVAE(nn.Module):
         self.quantizer = quantizer
         self.post_quant_conv = nn.Conv2d(code_dim, code_dim, kernel_size=3, padding=1)
         self.decoder = Decoder(num_blocks=decoder_blocks, **blocks)
+        #: plain-data :func:`build_vqvae` arguments (set by the builders; what ``save_pretrained`` stores)
+        self.config: dict[str, Any] | None = None
 
     # -- sizes ---------------------------------------------------------------------------------------------------
     def latent_size(self, image_size: int | Sequence[int] | None = None) -> tuple[int, int]:
@@ -271,7 +273,22 @@ def build_vqvae(
     if isinstance(tokenizer_args.get("image_size"), (list, tuple)):
         tokenizer_args["image_size"] = tuple(tokenizer_args["image_size"])
     built = QUANTIZERS.build(quantizer_spec)
-    return VQVAE(quantizer=built, scales=schedule, **tokenizer_args)
+    vae = VQVAE(quantizer=built, scales=schedule, **tokenizer_args)
+    vae.config = {
+        "tokenizer": _plain(tokenizer_args),
+        "quantizer": _plain(quantizer_spec),
+        "scales": schedule.as_list(),
+    }
+    return vae
+
+
+def _plain(value: Any) -> Any:
+    """Config values as plain containers (tuples -> lists, OmegaConf nodes -> dicts/lists)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or (isinstance(value, Sequence) and not isinstance(value, str)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def vqvae_preset(name: str, **tokenizer_overrides: Any) -> VQVAE:

@@ -4,11 +4,13 @@ Import it from a plugin's tests: ``from varkit.testing import check_attention_ke
 """
 
 from varkit.testing.attention import AttentionReport, check_attention_kernel
+from varkit.testing.quantizer import check_quantizer
 from varkit.testing.schedules import check_cfg_schedule, check_scale_schedule
 
 __all__ = [
     "AttentionReport",
     "check_attention_kernel",
     "check_cfg_schedule",
+    "check_quantizer",
     "check_scale_schedule",
 ]

@@ -1,0 +1,89 @@
+"""Image stage data: webdataset shards of ``KEY.{jpg,png,webp}`` + ``KEY.cls`` → ``(images, labels)`` batches.
+
+Images are decoded with Pillow and preprocessed as in VAR (Tian et al., 2024; see
+:mod:`varkit.data.transforms`): batches are ``(images float (b, 3, H, W) in [-1, 1], labels int64 (b,))``.
+Streaming, worker/rank splitting, resampling and restorable position come from :mod:`varkit.data.streaming`.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from varkit.data.streaming import Decoder, SkipSample, StreamDataModule, Urls
+from varkit.data.transforms import ImageTransform
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageSampleDecoder", "WebDataModule", "decode_label"]
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+
+def decode_label(sample: dict[str, Any]) -> int:
+    """The integer class of a sample (``KEY.cls`` holds it as ASCII digits)."""
+    if "cls" not in sample:
+        raise SkipSample("missing_keys", "sample has no .cls entry")
+    return int(sample["cls"].decode("ascii").strip())
+
+
+def decode_image(sample: dict[str, Any]) -> Image.Image:
+    """The RGB image of a sample, fully decoded (so a corrupt file fails here, not later)."""
+    ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+    if ext is None:
+        raise SkipSample("missing_keys", "sample has no image entry")
+    with Image.open(io.BytesIO(sample[ext])) as image:
+        image.load()
+        return image.convert("RGB")
+
+
+class ImageSampleDecoder:
+    """``(sample, rng) -> (image tensor, label)`` applying an :class:`ImageTransform` (picklable for workers)."""
+
+    def __init__(self, transform: ImageTransform) -> None:
+        self.transform = transform
+
+    def __call__(self, sample: dict[str, Any], rng: np.random.Generator) -> tuple[torch.Tensor, int]:
+        label = decode_label(sample)
+        return self.transform(decode_image(sample), rng), label
+
+
+class WebDataModule(StreamDataModule):
+    """LightningDataModule for the image stage (tokenizer training, or on-the-fly tokenisation).
+
+    Args:
+        train_urls, val_urls: shard specifications — brace patterns, directories, paths, ``pipe:`` commands, lists.
+        image_size: output resolution (square).
+        mid_reso: resize the shorter side to ``image_size * mid_reso`` before cropping (VAR: 1.125).
+        hflip: random horizontal flips for training.
+        batch_size, val_batch_size, num_workers, shuffle_buffer, resampled, epoch_samples, seed, drop_last, rank,
+        world_size, pin_memory: see :class:`varkit.data.streaming.StreamDataModule`. ``epoch_samples`` counts
+        samples over all ranks; each rank yields ``epoch_samples // (world_size * batch_size)`` batches per epoch.
+
+    Example::
+
+        dm = WebDataModule("data/demo/train", "data/demo/val", image_size=32, batch_size=64)
+        dm.setup("fit")
+        images, labels = next(iter(dm.train_dataloader()))
+    """
+
+    def __init__(
+        self,
+        train_urls: Urls | None,
+        val_urls: Urls | None = None,
+        *,
+        image_size: int = 256,
+        mid_reso: float = 1.125,
+        hflip: bool = False,
+        **stream_options: Any,
+    ) -> None:
+        super().__init__(train_urls, val_urls, **stream_options)
+        self.image_size = image_size
+        self.mid_reso = mid_reso
+        self.hflip = hflip
+
+    def make_decoder(self, train: bool) -> Decoder:
+        transform = ImageTransform(self.image_size, train=train, mid_reso=self.mid_reso, hflip=self.hflip)
+        return ImageSampleDecoder(transform)

@@ -1,0 +1,444 @@
+"""Restorable, rank- and worker-aware streams over webdataset tar shards (shared by the image and token stages).
+
+Design (why it looks like this):
+
+* Each reader — one DataLoader worker on one rank — reads its own sequence of raw samples. In finite mode the
+  shard list is shuffled per epoch with a seed common to all ranks and split by node, then by worker (the
+  semantics of ``wds.split_by_node`` / ``wds.split_by_worker``, with rank and world size passed explicitly so
+  they can be tested without a process group): every readable sample arrives exactly once per epoch. In
+  resampled mode every reader draws shards with replacement from ``wds.ResampledShards(urls, seed=...,
+  deterministic=True)`` seeded by (seed, epoch, reader) — an infinite, reproducible stream that never runs dry
+  on any rank, cut into epochs of a fixed number of batches (``with_epoch``) so all ranks step equally.
+* Raw samples (still bytes) pass a seeded shuffle buffer, then get decoded. Augmentation randomness comes from a
+  generator seeded by (seed, epoch, reader, position), so any suffix of the stream can be reproduced by skipping
+  raw samples *without decoding them*.
+* The position of a stream is, per worker, the number of raw samples it has consumed. Batches carry that
+  position and the skip counts since the previous batch back to :class:`StreamLoader`, which keeps the loader
+  state (``state_dict`` / ``load_state_dict``, the hook Lightning uses to restore mid-epoch position) and an exact
+  :class:`~varkit.data.stats.SkipStats`. A restored loader rotates worker roles so that round-robin batch order
+  continues exactly where the interrupted run stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from varkit.data.shards import expand_urls
+from varkit.data.stats import SkipStats
+
+__all__ = [
+    "LogSkippedSamples",
+    "ShardStream",
+    "SkipSample",
+    "StreamDataModule",
+    "StreamLoader",
+    "mix_seed",
+    "resolve_topology",
+]
+
+logger = logging.getLogger(__name__)
+
+Urls = str | Path | Sequence[str | Path]
+Decoder = Callable[[dict[str, Any], np.random.Generator], tuple[Any, int]]
+
+
+class SkipSample(Exception):
+    """Raised by a decoder for a sample that must be skipped; ``kind`` is a :class:`SkipStats` field name."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def mix_seed(*parts: int) -> int:
+    """Combine non-negative integers into one 63-bit seed (stable across processes and Python versions)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def resolve_topology(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """Rank and world size: explicit values win, then ``RANK`` / ``WORLD_SIZE`` environment variables, then 0/1."""
+    world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
+    rank = rank if rank is not None else int(os.environ.get("RANK", "0"))
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is outside world size {world}")
+    return rank, world
+
+
+def stack_collate(items: list[Any]) -> Any:
+    return torch.stack(items)
+
+
+def _shuffled(samples: Iterator[dict], buffer_size: int, rng: random.Random) -> Iterator[dict]:
+    """Seeded buffer shuffle of a stream (the classic webdataset scheme, with an explicit generator)."""
+    buffer: list[dict] = []
+    for sample in samples:
+        buffer.append(sample)
+        if len(buffer) >= buffer_size:
+            index = rng.randrange(len(buffer))
+            buffer[index], buffer[-1] = buffer[-1], buffer[index]
+            yield buffer.pop()
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class ShardStream(IterableDataset):
+    """Iterable of ``(inputs, labels, meta)`` batches read from tar shards by one rank (see module docstring).
+
+    Args:
+        urls: shard specification (see :func:`varkit.data.shards.expand_urls`).
+        decode: ``(sample dict, numpy Generator) -> (input tensor, label)``; raises :class:`SkipSample` or any
+            exception for a bad sample (counted, then skipped).
+        batch_size: samples per batch.
+        collate: list of inputs → batched inputs (default ``torch.stack``).
+        shuffle_buffer: size of the raw-sample shuffle buffer (0/1: no shuffling; shard order is then fixed too).
+        resampled: draw shards with replacement forever instead of one pass per epoch.
+        seed: base seed; the same seed reproduces the same stream.
+        rank, world_size: this process's place among data-parallel ranks.
+        drop_last: drop a final partial batch of a finite stream.
+    """
+
+    def __init__(
+        self,
+        urls: Urls,
+        decode: Decoder,
+        *,
+        batch_size: int,
+        collate: Callable[[list[Any]], Any] = stack_collate,
+        shuffle_buffer: int = 0,
+        resampled: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.urls = expand_urls(urls)
+        if not self.urls:
+            raise ValueError(f"no shards found for {urls!r}: the shard list is empty")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.decode = decode
+        self.batch_size = batch_size
+        self.collate = collate
+        self.shuffle_buffer = shuffle_buffer
+        self.resampled = resampled
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        self.drop_last = drop_last
+        # Set by StreamLoader before each pass.
+        self.epoch = 0
+        self.start_positions: dict[int, int] = {}
+        self.worker_offset = 0
+
+    def check_readers(self, num_workers: int) -> None:
+        """Fail with one sentence if a finite stream cannot give every reader at least one shard."""
+        readers = self.world_size * max(num_workers, 1)
+        if not self.resampled and len(self.urls) < readers:
+            raise ValueError(
+                f"{len(self.urls)} shards cannot feed {self.world_size} ranks × {max(num_workers, 1)} workers = "
+                f"{readers} readers; write more, smaller shards (varkit data pack --max-count), lower num_workers, "
+                "or use resampled=True"
+            )
+
+    def _shard_sources(self, worker: int, num_workers: int) -> Iterator[dict[str, str]]:
+        if self.resampled:
+            import webdataset as wds
+
+            reader = self.rank * num_workers + worker
+            shards = wds.ResampledShards(self.urls, seed=self.seed, worker_seed=lambda: reader, deterministic=True)
+            shards.epoch = self.epoch - 1  # ResampledShards increments before seeding
+            yield from shards
+            return
+        order = list(self.urls)
+        if self.shuffle_buffer > 1:
+            random.Random(mix_seed(self.seed, self.epoch, 1)).shuffle(order)  # same order on every rank
+        for url in order[self.rank :: self.world_size][worker::num_workers]:  # split_by_node, then by worker
+            yield {"url": url}
+
+    def __iter__(self) -> Iterator[tuple[Any, torch.Tensor | None, dict]]:
+        import webdataset as wds
+
+        info = get_worker_info()
+        torch_worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        worker = (torch_worker + self.worker_offset) % num_workers
+        reader = self.rank * num_workers + worker
+        pending = SkipStats()
+
+        def on_shard_error(error: Exception) -> bool:
+            pending.record("shard_errors", str(error)[:300])
+            logger.warning("shard read error, continuing with the next shard: %s", str(error)[:300])
+            return True
+
+        samples = wds.tarfile_to_samples(handler=on_shard_error)(self._shard_sources(worker, num_workers))
+        if self.shuffle_buffer > 1:
+            samples = _shuffled(samples, self.shuffle_buffer, random.Random(mix_seed(self.seed, self.epoch, reader, 2)))
+        start = self.start_positions.get(worker, 0)
+        position = 0
+        inputs: list[Any] = []
+        labels: list[int] = []
+        for sample in samples:
+            position += 1
+            if position <= start:
+                if position == start:
+                    pending.take()  # errors met while replaying were counted before the interruption
+                continue
+            key = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
+            rng = np.random.default_rng([self.seed, self.epoch, reader, position])
+            try:
+                item, label = self.decode(sample, rng)
+            except SkipSample as skip:
+                pending.record(skip.kind, key)
+                logger.debug("skipping %s: %s", key, skip)
+                continue
+            except Exception as error:
+                pending.record("corrupt", key)
+                logger.debug("skipping %s: %s", key, error)
+                continue
+            inputs.append(item)
+            labels.append(label)
+            if len(inputs) == self.batch_size:
+                yield self._batch(inputs, labels, worker, position, pending)
+                inputs, labels = [], []
+        if inputs and not self.drop_last:
+            yield self._batch(inputs, labels, worker, position, pending)
+        else:
+            yield None, None, {"worker": worker, "position": position, "skipped": pending.take().state_dict()}
+
+    def _batch(self, inputs: list, labels: list[int], worker: int, position: int, pending: SkipStats) -> tuple:
+        meta = {"worker": worker, "position": position, "skipped": pending.take().state_dict()}
+        return self.collate(inputs), torch.tensor(labels, dtype=torch.int64), meta
+
+
+class StreamLoader:
+    """The DataLoader handed to Lightning: iterates ``(inputs, labels)`` and can save/restore its position.
+
+    Args:
+        dataset: the :class:`ShardStream` to read.
+        num_workers: DataLoader worker processes (each is one reader).
+        batches_per_epoch: cut the stream into epochs of this many batches (``with_epoch``; required for
+            resampled streams). Giving it also gives the loader a ``len``.
+        prefetched_batches: batches the consumer fetches ahead of the one it is working on; ``state_dict``
+            excludes them. ``None`` follows Lightning's rule (one batch ahead when the loader has no length).
+        pin_memory: as in ``torch.utils.data.DataLoader``.
+    """
+
+    def __init__(
+        self,
+        dataset: ShardStream,
+        *,
+        num_workers: int = 0,
+        batches_per_epoch: int | None = None,
+        prefetched_batches: int | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        dataset.check_readers(num_workers)
+        if dataset.resampled and not batches_per_epoch:
+            raise ValueError("a resampled stream is infinite: give batches_per_epoch (the epoch length)")
+        self.dataset = dataset
+        self.num_workers = num_workers
+        self.batches_per_epoch = batches_per_epoch
+        self.prefetched_batches = prefetched_batches
+        self.pin_memory = pin_memory
+        self.skip_stats = SkipStats()
+        self.epoch = 0
+        self._batches = 0
+        self._positions: dict[int, int] = {}
+        self._epoch_finished = False
+        self._history: deque[dict] = deque(maxlen=8)
+
+    def __len__(self) -> int:
+        if not self.batches_per_epoch:
+            raise TypeError("this stream has no fixed length (give batches_per_epoch)")
+        return self.batches_per_epoch
+
+    def _snapshot(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "batches": self._batches,
+            "positions": dict(self._positions),
+            "epoch_finished": self._epoch_finished,
+            "num_workers": self.num_workers,
+            "skip_stats": self.skip_stats.state_dict(),
+        }
+
+    def __iter__(self) -> Iterator[tuple[Any, torch.Tensor]]:
+        if self._epoch_finished or (self.batches_per_epoch and self._batches >= self.batches_per_epoch):
+            self.epoch += 1
+            self._batches = 0
+            self._positions = {}
+            self._epoch_finished = False
+        self.dataset.epoch = self.epoch
+        self.dataset.start_positions = dict(self._positions)
+        self.dataset.worker_offset = self._batches % max(self.num_workers, 1)
+        self._history.clear()
+        self._history.append(self._snapshot())
+        return self._generate()
+
+    def _generate(self) -> Iterator[tuple[Any, torch.Tensor]]:
+        loader = DataLoader(
+            self.dataset,
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=False,
+        )
+        for inputs, labels, meta in loader:
+            self.skip_stats.add(meta["skipped"])
+            self._positions[meta["worker"]] = meta["position"]
+            if inputs is None:
+                continue
+            self._batches += 1
+            self._history.append(self._snapshot())
+            yield inputs, labels
+            if self.batches_per_epoch and self._batches >= self.batches_per_epoch:
+                break
+        self._epoch_finished = True
+
+    def state_dict(self) -> dict:
+        """Position after the last batch the consumer has *used* (prefetched batches are excluded)."""
+        if self._epoch_finished:
+            return self._snapshot()
+        ahead = self.prefetched_batches
+        if ahead is None:
+            ahead = 0 if self.batches_per_epoch else 1
+        return dict(self._history[max(len(self._history) - 1 - ahead, 0)])
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["num_workers"] != self.num_workers:
+            raise ValueError(
+                f"the saved data position was recorded with num_workers={state['num_workers']}; resume with the "
+                f"same number (got {self.num_workers}) to continue the stream exactly"
+            )
+        self.epoch = int(state["epoch"])
+        self._batches = int(state["batches"])
+        self._positions = {int(k): int(v) for k, v in state["positions"].items()}
+        self._epoch_finished = bool(state["epoch_finished"])
+        self.skip_stats = SkipStats.from_state_dict(state["skip_stats"])
+        self._history.clear()
+
+
+class StreamDataModule(L.LightningDataModule):
+    """Common base of the image and token DataModules: builds one train and one val :class:`StreamLoader`.
+
+    Subclasses implement :meth:`make_decoder` (and may override :meth:`make_collate`).
+    """
+
+    def __init__(
+        self,
+        train_urls: Urls | None,
+        val_urls: Urls | None = None,
+        *,
+        batch_size: int = 64,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        shuffle_buffer: int = 1000,
+        resampled: bool = False,
+        epoch_samples: int | None = None,
+        seed: int = 0,
+        drop_last: bool = True,
+        rank: int | None = None,
+        world_size: int | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        self.train_urls = train_urls
+        self.val_urls = val_urls
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.num_workers = num_workers
+        self.shuffle_buffer = shuffle_buffer
+        self.resampled = resampled
+        self.epoch_samples = epoch_samples
+        self.seed = seed
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+        self.pin_memory = pin_memory
+        self._train: StreamLoader | None = None
+        self._val: StreamLoader | None = None
+
+    def make_decoder(self, train: bool) -> Decoder:
+        raise NotImplementedError
+
+    def make_collate(self) -> Callable[[list[Any]], Any]:
+        return stack_collate
+
+    def _topology(self) -> tuple[int, int]:
+        rank, world = self.rank, self.world_size
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            rank = trainer.global_rank if rank is None else rank
+            world = trainer.world_size if world is None else world
+        return resolve_topology(rank, world)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the loaders and validate the setup (shard counts, epoch length) before any training starts."""
+        rank, world = self._topology()
+        if self._train is None and self.train_urls is not None and stage in (None, "fit"):
+            batches = None
+            if self.epoch_samples:
+                batches = max(1, self.epoch_samples // (world * self.batch_size))
+            dataset = ShardStream(
+                self.train_urls,
+                self.make_decoder(train=True),
+                batch_size=self.batch_size,
+                collate=self.make_collate(),
+                shuffle_buffer=self.shuffle_buffer,
+                resampled=self.resampled,
+                seed=self.seed,  # per-rank/worker streams differ through the reader id mixed into every seed
+                rank=rank,
+                world_size=world,
+                drop_last=self.drop_last,
+            )
+            self._train = StreamLoader(
+                dataset, num_workers=self.num_workers, batches_per_epoch=batches, pin_memory=self.pin_memory
+            )
+        if self._val is None and self.val_urls is not None and stage in (None, "fit", "validate"):
+            dataset = ShardStream(
+                self.val_urls,
+                self.make_decoder(train=False),
+                batch_size=self.val_batch_size,
+                collate=self.make_collate(),
+                rank=rank,
+                world_size=world,
+            )
+            self._val = StreamLoader(dataset, num_workers=self.num_workers, pin_memory=self.pin_memory)
+
+    def train_dataloader(self) -> StreamLoader:
+        if self._train is None:
+            self.setup("fit")
+        if self._train is None:
+            raise ValueError("no train_urls were given")
+        return self._train
+
+    def val_dataloader(self) -> StreamLoader:
+        if self._val is None:
+            self.setup("validate")
+        if self._val is None:
+            raise ValueError("no val_urls were given")
+        return self._val
+
+    @property
+    def skip_stats(self) -> SkipStats:
+        """Samples skipped so far by the training stream (log ``skip_stats.total`` as ``data/skipped``)."""
+        return self._train.skip_stats if self._train is not None else SkipStats()
+
+
+class LogSkippedSamples(L.Callback):
+    """Logs the training stream's skip count as ``data/skipped`` after every training batch."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        datamodule = getattr(trainer, "datamodule", None)
+        if isinstance(datamodule, StreamDataModule):
+            pl_module.log("data/skipped", float(datamodule.skip_stats.total), on_step=True, rank_zero_only=False)

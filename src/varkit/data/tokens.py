@@ -1,0 +1,249 @@
+"""Pre-tokenized pyramids: token shards written by a trained tokenizer, and the transformer-stage DataModule.
+
+VAR (Tian et al., 2024, §3.2) trains the transformer on the multi-scale index maps ``(r_1, ..., r_K)`` of each
+image. Tokenising on the fly costs a VQVAE encoder pass per sample and epoch; writing the pyramids once turns the
+transformer stage into integer reads. Each sample ``KEY`` of a token shard holds
+
+* ``KEY.tokens.npy``: all scales' indices concatenated coarse→fine, shape ``(L,)`` — or ``(2, L)`` when written
+  with ``--flip`` (row 1 tokenises the horizontally flipped image, so training can keep VAR's flip augmentation);
+  dtype ``uint16`` when the codebook has ≤ 65536 entries, else ``int32``;
+* ``KEY.cls``: the class index as ASCII digits;
+
+and ``tokens.json`` beside the shards records the scales, codebook size, image size and flip flag. Images are
+tokenised after the evaluation transform (resize shorter side, center crop), so token shards equal
+``tokenize(images)`` on exactly the images the image stage would produce.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from varkit.data.images import decode_image, decode_label
+from varkit.data.shards import ShardWriter, expand_urls
+from varkit.data.stats import SkipStats
+from varkit.data.streaming import Decoder, SkipSample, StreamDataModule, Urls, stack_collate
+from varkit.data.transforms import ImageTransform
+
+__all__ = ["TokenDataModule", "TokenSampleDecoder", "read_token_info", "split_scales", "write_token_shards"]
+
+logger = logging.getLogger(__name__)
+
+Tokenize = Callable[[torch.Tensor], Sequence[torch.Tensor]]
+
+
+def token_dtype(codebook_size: int) -> np.dtype:
+    """Smallest integer type used on disk for indices of a codebook of ``codebook_size`` entries."""
+    return np.dtype(np.uint16) if codebook_size <= 65536 else np.dtype(np.int32)
+
+
+def _encode_npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _iter_image_samples(urls: Urls, transform: ImageTransform, stats: SkipStats):
+    """``(key, image tensor, label)`` for every readable sample of ``urls`` in shard order (no shuffling)."""
+    import webdataset as wds
+
+    def on_error(error: Exception) -> bool:
+        stats.record("shard_errors", str(error)[:300])
+        logger.warning("shard read error, continuing: %s", str(error)[:300])
+        return True
+
+    sources = ({"url": url} for url in expand_urls(urls))
+    rng = np.random.default_rng(0)  # the evaluation transform draws nothing; kept for the common signature
+    for sample in wds.tarfile_to_samples(handler=on_error)(sources):
+        key = sample["__key__"]
+        try:
+            label = decode_label(sample)
+            image = transform(decode_image(sample), rng)
+        except SkipSample as skip:
+            stats.record(skip.kind, key)
+            continue
+        except Exception:
+            stats.record("corrupt", key)
+            continue
+        yield key.rsplit("/", 1)[-1], image, label
+
+
+@torch.no_grad()
+def write_token_shards(
+    tokenize: Tokenize,
+    image_urls: Urls,
+    out_dir: str | Path,
+    *,
+    image_size: int,
+    codebook_size: int,
+    scales: Sequence[tuple[int, int]] | None = None,
+    flip: bool = False,
+    mid_reso: float = 1.125,
+    batch_size: int = 32,
+    max_count: int = 10_000,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Tokenise image shards into token shards; returns the ``tokens.json`` content plus a skip summary.
+
+    Args:
+        tokenize: images ``(b, 3, H, W)`` in ``[-1, 1]`` → per-scale indices ``[(b, h_k * w_k), ...]``
+            (e.g. ``VQVAE.tokenize``).
+        image_urls: image shard specification.
+        out_dir: folder for ``shard-*.tar`` and ``tokens.json``.
+        image_size, mid_reso: evaluation transform (resize shorter side to ``image_size * mid_reso``, center crop).
+        codebook_size: number of codebook entries (chooses the on-disk dtype).
+        scales: token-map sizes; inferred as squares from the token counts when omitted.
+        flip: also store the tokens of the horizontally flipped image.
+    """
+    transform = ImageTransform(image_size, train=False, mid_reso=mid_reso)
+    dtype = token_dtype(codebook_size)
+    stats = SkipStats()
+    out_dir = Path(out_dir)
+    info: dict[str, Any] = {}
+
+    def flush(writer: ShardWriter, keys: list[str], images: list[torch.Tensor], labels: list[int]) -> None:
+        nonlocal scales
+        batch = torch.stack(images).to(device)
+        per_scale = list(tokenize(batch))
+        if scales is None:
+            scales = [(math.isqrt(t.shape[1]), math.isqrt(t.shape[1])) for t in per_scale]
+        counts = [h * w for h, w in scales]
+        if [t.shape[1] for t in per_scale] != counts:
+            raise ValueError(f"tokenizer returned {[t.shape[1] for t in per_scale]} tokens per scale, not {counts}")
+        flat = torch.cat(per_scale, dim=1)
+        if flip:
+            flat = torch.stack([flat, torch.cat(list(tokenize(batch.flip(-1))), dim=1)], dim=1)
+        array = flat.cpu().numpy()
+        if array.min() < 0 or array.max() >= codebook_size:
+            raise ValueError(f"token indices outside [0, {codebook_size})")
+        for key, tokens, label in zip(keys, array.astype(dtype), labels):
+            writer.write(key, {"tokens.npy": _encode_npy(tokens), "cls": str(label).encode()})
+
+    with ShardWriter(out_dir, max_count=max_count) as writer:
+        keys: list[str] = []
+        images: list[torch.Tensor] = []
+        labels: list[int] = []
+        samples = _iter_image_samples(image_urls, transform, stats)
+        if progress:
+            from tqdm import tqdm
+
+            samples = tqdm(samples, desc="tokenize", unit="img")
+        for key, image, label in samples:
+            keys.append(key)
+            images.append(image)
+            labels.append(label)
+            if len(keys) == batch_size:
+                flush(writer, keys, images, labels)
+                keys, images, labels = [], [], []
+        if keys:
+            flush(writer, keys, images, labels)
+        written = writer.samples_written
+    if scales is None:
+        raise ValueError(f"no readable images in {image_urls!r}")
+    info = {
+        "scales": [list(s) for s in scales],
+        "codebook_size": codebook_size,
+        "dtype": dtype.name,
+        "image_size": image_size,
+        "mid_reso": mid_reso,
+        "flip": flip,
+        "samples": written,
+    }
+    (out_dir / "tokens.json").write_text(json.dumps(info, indent=1) + "\n")
+    return {**info, "skipped": stats.state_dict()}
+
+
+def read_token_info(path: str | Path) -> dict[str, Any]:
+    """``tokens.json`` of a token-shard folder (or the file itself)."""
+    path = Path(path)
+    return json.loads((path / "tokens.json" if path.is_dir() else path).read_text())
+
+
+def split_scales(indices: torch.Tensor, scales: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+    """Flat ``(b, L)`` indices → per-scale list ``[(b, h_k * w_k), ...]``."""
+    return list(indices.split([h * w for h, w in scales], dim=1))
+
+
+class TokenSampleDecoder:
+    """``(sample, rng) -> (indices int64 (L,), label)``; picks the flipped row with probability 1/2 if ``hflip``."""
+
+    def __init__(self, total_tokens: int, *, hflip: bool) -> None:
+        self.total_tokens = total_tokens
+        self.hflip = hflip
+
+    def __call__(self, sample: dict[str, Any], rng: np.random.Generator) -> tuple[torch.Tensor, int]:
+        label = decode_label(sample)
+        if "tokens.npy" not in sample:
+            raise SkipSample("missing_keys", "sample has no .tokens.npy entry")
+        array = np.load(io.BytesIO(sample["tokens.npy"]), allow_pickle=False)
+        if array.ndim == 2:
+            array = array[1] if self.hflip and rng.random() < 0.5 else array[0]
+        if array.shape != (self.total_tokens,):
+            raise ValueError(f"expected {self.total_tokens} tokens, got shape {array.shape}")
+        return torch.from_numpy(array.astype(np.int64)), label
+
+
+class ScaleSplitCollate:
+    """Stack flat indices and split them into the per-scale list the transformer stage consumes."""
+
+    def __init__(self, scales: Sequence[tuple[int, int]]) -> None:
+        self.scales = [tuple(s) for s in scales]
+
+    def __call__(self, items: list[torch.Tensor]) -> list[torch.Tensor]:
+        return split_scales(torch.stack(items), self.scales)
+
+
+class TokenDataModule(StreamDataModule):
+    """LightningDataModule for the transformer stage, reading token shards written by :func:`write_token_shards`.
+
+    Batches are ``(indices, labels)``: ``indices`` is flat ``(b, L)`` int64 (``per_scale=False``) or the per-scale
+    list ``[(b, h_k * w_k), ...]``; ``labels`` is int64 ``(b,)``. ``token_info`` is the ``tokens.json`` content
+    (read from the folder of the first train shard when omitted). Other arguments as in :class:`WebDataModule`.
+    """
+
+    def __init__(
+        self,
+        train_urls: Urls | None,
+        val_urls: Urls | None = None,
+        *,
+        hflip: bool = False,
+        per_scale: bool = False,
+        token_info: dict[str, Any] | str | Path | None = None,
+        **stream_options: Any,
+    ) -> None:
+        super().__init__(train_urls, val_urls, **stream_options)
+        self.hflip = hflip
+        self.per_scale = per_scale
+        self._token_info = token_info
+
+    @property
+    def token_info(self) -> dict[str, Any]:
+        if not isinstance(self._token_info, dict):
+            source = self._token_info
+            if source is None:
+                urls = expand_urls(self.train_urls if self.train_urls is not None else self.val_urls)  # type: ignore[arg-type]
+                if not urls:
+                    raise ValueError(f"no shards found for {self.train_urls!r}: the shard list is empty")
+                source = Path(urls[0].split(" ")[-1]).parent
+            self._token_info = read_token_info(source)
+        return self._token_info
+
+    @property
+    def scales(self) -> list[tuple[int, int]]:
+        return [(int(h), int(w)) for h, w in self.token_info["scales"]]
+
+    def make_decoder(self, train: bool) -> Decoder:
+        total = sum(h * w for h, w in self.scales)
+        return TokenSampleDecoder(total, hflip=self.hflip and train)
+
+    def make_collate(self) -> Callable[[list[Any]], Any]:
+        return ScaleSplitCollate(self.scales) if self.per_scale else stack_collate
