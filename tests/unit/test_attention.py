@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import varkit  # noqa: F401  (registers built-ins)
+import varkit
 from varkit import ATTENTION_KERNELS, BlockCausalMask, Scales
 from varkit.attention import (
     AutoAttention,
@@ -212,7 +212,9 @@ def test_flash_layout_and_per_scale_training_with_a_stand_in(monkeypatch: pytest
         assert q.shape[2] == 3 and k.shape[2] == 3, "heads must be dim 2 in flash layout"
         assert causal is False and dropout_p == 0.0
         calls.append((q.shape[1], k.shape[1]))
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=softmax_scale)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=softmax_scale
+        )
         return out.transpose(1, 2)
 
     monkeypatch.setitem(sys.modules, "flash_attn", types.SimpleNamespace(flash_attn_func=flash_attn_func))
@@ -341,3 +343,18 @@ def test_kernels_on_cuda(spec: str | dict) -> None:
         kernel, device="cuda", dtypes=(torch.float32, torch.bfloat16, torch.float16), scales=VAR_256, head_dim=64
     )
     assert any(p.startswith("forward/bfloat16") for p in report.passed), report
+
+
+def test_every_attention_config_builds() -> None:
+    """conf/attention/*.yaml: keys are constructor arguments, one file per registered kernel."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    conf_dir = Path(varkit.__file__).parent / "conf" / "attention"
+    files = sorted(conf_dir.glob("*.yaml"))
+    assert {f.stem for f in files} >= {"eager", "sdpa", "flex", "flash", "auto"}
+    for file in files:
+        cfg = OmegaConf.load(file)
+        kernel = ATTENTION_KERNELS.build(OmegaConf.to_container(cfg, resolve=True))
+        assert kernel.name == cfg.name == file.stem

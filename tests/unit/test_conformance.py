@@ -7,7 +7,7 @@ import inspect
 import pytest
 import torch
 
-import varkit  # noqa: F401  (registers built-ins)
+import varkit
 from varkit import ATTENTION_KERNELS, CFG_SCHEDULES, SCALE_SCHEDULES
 from varkit.testing import check_attention_kernel, check_cfg_schedule, check_scale_schedule
 

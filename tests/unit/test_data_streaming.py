@@ -6,7 +6,6 @@ import io
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -31,8 +30,13 @@ def _ids(images: torch.Tensor) -> list[int]:
     return (pixels[:, 0] + 256 * pixels[:, 1]).tolist()
 
 
-def write_dataset(root: Path, num_samples: int = 48, per_shard: int = 6, corrupt: tuple[int, ...] = (),
-                  missing_cls: tuple[int, ...] = ()) -> Path:
+def write_dataset(
+    root: Path,
+    num_samples: int = 48,
+    per_shard: int = 6,
+    corrupt: tuple[int, ...] = (),
+    missing_cls: tuple[int, ...] = (),
+) -> Path:
     with ShardWriter(root, max_count=per_shard) as writer:
         for i in range(num_samples):
             fields = {"png": b"\x89PNG broken" + bytes(20) if i in corrupt else _png(i)}
@@ -42,11 +46,32 @@ def write_dataset(root: Path, num_samples: int = 48, per_shard: int = 6, corrupt
     return root
 
 
-def make_loader(urls, *, batch_size=4, num_workers=0, rank=0, world_size=1, shuffle_buffer=0, resampled=False,
-                seed=0, batches_per_epoch=None, drop_last=False, train=False) -> StreamLoader:
+def make_loader(
+    urls,
+    *,
+    batch_size=4,
+    num_workers=0,
+    rank=0,
+    world_size=1,
+    shuffle_buffer=0,
+    resampled=False,
+    seed=0,
+    batches_per_epoch=None,
+    drop_last=False,
+    train=False,
+) -> StreamLoader:
     decoder = ImageSampleDecoder(ImageTransform(SIZE, train=train, mid_reso=1.0, hflip=train))
-    stream = ShardStream(urls, decoder, batch_size=batch_size, shuffle_buffer=shuffle_buffer, resampled=resampled,
-                         seed=seed, rank=rank, world_size=world_size, drop_last=drop_last)
+    stream = ShardStream(
+        urls,
+        decoder,
+        batch_size=batch_size,
+        shuffle_buffer=shuffle_buffer,
+        resampled=resampled,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        drop_last=drop_last,
+    )
     return StreamLoader(stream, num_workers=num_workers, batches_per_epoch=batches_per_epoch, prefetched_batches=0)
 
 
@@ -87,13 +112,18 @@ def test_shuffle_changes_order_between_epochs_but_is_seeded(tmp_path):
     b = make_loader(str(root), shuffle_buffer=16, seed=1)
     first, second = collect(a), collect(a)
     assert first == collect(b)
-    assert first != second and sorted(sum(first, [])) == sorted(sum(second, [])) == list(range(48))
+    assert first != second and sorted(i for b in first for i in b) == sorted(i for b in second for i in b) == list(
+        range(48)
+    )
 
 
 def test_resampled_stream_is_reproducible_from_seed(tmp_path):
     root = write_dataset(tmp_path / "s")
-    run = lambda seed, rank: collect(make_loader(str(root), resampled=True, seed=seed, shuffle_buffer=8,  # noqa: E731
-                                                 batches_per_epoch=10, rank=rank, world_size=2, train=True))
+
+    def run(seed: int, rank: int) -> list[list[int]]:
+        options = dict(resampled=True, seed=seed, shuffle_buffer=8, batches_per_epoch=10, train=True)
+        return collect(make_loader(str(root), rank=rank, world_size=2, **options))
+
     assert run(3, 0) == run(3, 0)
     assert run(3, 0) != run(4, 0)
     assert run(3, 0) != run(3, 1)  # per-rank streams differ
@@ -113,8 +143,14 @@ def test_resampled_train_augmentation_is_reproducible(tmp_path):
 @pytest.mark.parametrize("resampled", [False, True])
 def test_restored_loader_continues_the_stream(tmp_path, num_workers, resampled):
     root = write_dataset(tmp_path / "s", num_samples=60, per_shard=5, corrupt=(9,))
-    options = dict(num_workers=num_workers, shuffle_buffer=8, seed=7, resampled=resampled, train=True,
-                   batches_per_epoch=6 if resampled else None)
+    options = dict(
+        num_workers=num_workers,
+        shuffle_buffer=8,
+        seed=7,
+        resampled=resampled,
+        train=True,
+        batches_per_epoch=6 if resampled else None,
+    )
     reference = make_loader(str(root), **options)
     epoch0, epoch1 = collect(reference), collect(reference)
     assert epoch0 != epoch1
@@ -153,7 +189,7 @@ def test_truncated_tar_and_partial_sample_are_counted(tmp_path):
     shard.write_bytes(data[:cut])
     loader = make_loader(str(root))
     ids = [i for batch in collect(loader) for i in batch]
-    assert sorted(ids) == [0, 1, 2, 3] + list(range(10, 20))
+    assert sorted(ids) == [0, 1, 2, 3, *range(10, 20)]
     stats = loader.skip_stats
     assert stats.shard_errors >= 1
     assert stats.missing_keys == 1  # sample 4 arrives with its .cls but without its image

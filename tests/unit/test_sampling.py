@@ -11,8 +11,8 @@ from varkit.models.sampling import (
     filter_logits,
     filter_top_k,
     filter_top_p,
-    gumbel_softmax,
     guided_logits,
+    gumbel_softmax,
     sample_tokens,
     smooth_temperature,
 )

@@ -118,7 +118,9 @@ def per_scale_attention(
     The cost is one kernel launch per scale and re-reading the prefix, in exchange for no mask at all.
     """
     len_q, len_k = q.shape[-2], k.shape[-2]
-    outputs = [attend(q[..., qa:qb, :], k[..., :kb, :], v[..., :kb, :]) for qa, qb, kb in query_spans(scales, len_q, len_k)]
+    outputs = [
+        attend(q[..., qa:qb, :], k[..., :kb, :], v[..., :kb, :]) for qa, qb, kb in query_spans(scales, len_q, len_k)
+    ]
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-2)
 
 

@@ -124,7 +124,8 @@ def from_pretrained(
         raise ValueError(f"{directory} holds a {kind!r} model, expected {expect!r}")
     model = _build(kind, document["config"])
     weights = load_file(str(Path(directory) / WEIGHTS_FILE), device=str(device))
-    model.load_state_dict(weights, strict=True)
+    # assign=True keeps the stored dtypes (a bf16 save loads as bf16) instead of copying into fresh fp32 tensors
+    model.load_state_dict(weights, strict=True, assign=True)
     model.to(device)
     if dtype is not None:
         model.to(dtype)

@@ -8,23 +8,33 @@
 * :mod:`varkit.data.tokens` — pre-tokenized pyramids and :class:`TokenDataModule` for the transformer stage.
 """
 
-from varkit.data.images import WebDataModule
-from varkit.data.shards import ShardWriter, expand_urls, read_classes, write_classes
-from varkit.data.stats import SkipStats
-from varkit.data.streaming import LogSkippedSamples, ShardStream, SkipSample, StreamDataModule, StreamLoader
-from varkit.data.tokens import TokenDataModule
+from __future__ import annotations
 
-__all__ = [
-    "LogSkippedSamples",
-    "ShardStream",
-    "ShardWriter",
-    "SkipSample",
-    "SkipStats",
-    "StreamDataModule",
-    "StreamLoader",
-    "TokenDataModule",
-    "WebDataModule",
-    "expand_urls",
-    "read_classes",
-    "write_classes",
-]
+import importlib
+from typing import Any
+
+# Imported on first use so that ``varkit data pack`` and pack/demo worker processes do not pay for lightning.
+_EXPORTS = {
+    "LogSkippedSamples": "varkit.data.streaming",
+    "ShardStream": "varkit.data.streaming",
+    "ShardWriter": "varkit.data.shards",
+    "SkipSample": "varkit.data.streaming",
+    "SkipStats": "varkit.data.stats",
+    "StreamDataModule": "varkit.data.streaming",
+    "StreamLoader": "varkit.data.streaming",
+    "TokenDataModule": "varkit.data.tokens",
+    "WebDataModule": "varkit.data.images",
+    "expand_urls": "varkit.data.shards",
+    "read_classes": "varkit.data.shards",
+    "write_classes": "varkit.data.shards",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'varkit.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

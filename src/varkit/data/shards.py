@@ -53,7 +53,7 @@ class ShardWriter:
         path = self.out_dir / SHARD_PATTERN.format(index=len(self.paths))
         self.paths.append(path)
         # USTAR headers have no pax timestamps/atime fields, which keeps output bytes a pure function of the input.
-        self._tar = tarfile.open(str(path) + ".tmp", mode="w", format=tarfile.USTAR_FORMAT)
+        self._tar = tarfile.open(str(path) + ".tmp", mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
         self._count = 0
         self._bytes = 0
 

@@ -29,14 +29,14 @@ def resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
 def center_crop(image: Image.Image, size: int) -> Image.Image:
     """Crop the central ``size``×``size`` window (offsets rounded like torchvision's ``CenterCrop``)."""
     width, height = image.size
-    left = int(round((width - size) / 2.0))
-    top = int(round((height - size) / 2.0))
+    left = round((width - size) / 2.0)
+    top = round((height - size) / 2.0)
     return image.crop((left, top, left + size, top + size))
 
 
 def to_tensor_pm1(image: Image.Image) -> torch.Tensor:
     """RGB PIL image → float tensor ``(3, H, W)`` in ``[-1, 1]``."""
-    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    array = np.array(image.convert("RGB"), dtype=np.uint8)  # a writable copy for torch.from_numpy
     return torch.from_numpy(array).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
 

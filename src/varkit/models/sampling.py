@@ -14,8 +14,8 @@ __all__ = [
     "filter_logits",
     "filter_top_k",
     "filter_top_p",
-    "gumbel_softmax",
     "guided_logits",
+    "gumbel_softmax",
     "sample_tokens",
     "smooth_temperature",
 ]

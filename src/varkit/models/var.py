@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from varkit.contracts import BlockCausalMask, GuidanceSchedule, MultiScaleQuantizer, Scales
-from varkit.models.sampling import filter_logits, gumbel_softmax, guided_logits, sample_tokens, smooth_temperature
+from varkit.models.sampling import filter_logits, guided_logits, gumbel_softmax, sample_tokens, smooth_temperature
 from varkit.nn.adaln import AdaLNModulation, HeadAdaLN, SharedAdaLN
 from varkit.nn.attention import KernelSpec, KVCache, build_attention_kernel
 from varkit.nn.block import AdaLNBlock

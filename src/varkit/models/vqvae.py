@@ -14,6 +14,7 @@ the quantizer are untouched, so token ids do not change.
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -179,7 +180,8 @@ class VQVAE(nn.Module):
         return self
 
 
-#: plain-data presets: ``tokenizer`` (VQVAE arguments), ``quantizer`` (registry spec), ``schedule``
+#: plain-data presets in the shape of the Hydra groups: ``tokenizer`` (VQVAE arguments plus the default
+#: ``codebook_size``), ``quantizer`` (registry spec; ``codebook_size``/``code_dim`` come from the tokenizer), ``schedule``
 VQVAE_PRESETS: dict[str, dict[str, Any]] = {
     # the released VAR tokenizer (vae_ch160v4096z32.pth), 256px images, 16x16 latents
     "vqvae_f16": {
@@ -193,9 +195,10 @@ VQVAE_PRESETS: dict[str, dict[str, Any]] = {
             "middle_attention": True,
             "dropout": 0.0,
             "latent_channels": 32,
+            "codebook_size": 4096,
         },
-        "quantizer": {"name": "msvq", "codebook_size": 4096, "code_dim": 32, "beta": 0.25, "phi_count": 4},
-        "schedule": {"name": "var_256"},
+        "quantizer": {"name": "msvq", "beta": 0.25, "normalize_codes": False, "phi_ratio": 0.5, "phi_count": 4},
+        "scales": {"name": "var_256"},
     },
     # CPU demo: 32px images, 4x downsampling -> 8x8 latents, trains on 2 cores in minutes
     "vqvae_demo": {
@@ -209,9 +212,10 @@ VQVAE_PRESETS: dict[str, dict[str, Any]] = {
             "middle_attention": True,
             "dropout": 0.0,
             "latent_channels": 16,
+            "codebook_size": 512,
         },
-        "quantizer": {"name": "msvq", "codebook_size": 512, "code_dim": 16, "beta": 0.25, "phi_count": 4},
-        "schedule": {"name": "explicit", "sizes": [1, 2, 3, 4, 6, 8]},
+        "quantizer": {"name": "msvq", "beta": 0.25, "normalize_codes": False, "phi_ratio": 0.5, "phi_count": 4},
+        "scales": {"name": "explicit", "sizes": [1, 2, 3, 4, 6, 8]},
     },
     # unit tests: 16px images, 4x downsampling -> 4x4 latents
     "vqvae_tiny": {
@@ -225,9 +229,10 @@ VQVAE_PRESETS: dict[str, dict[str, Any]] = {
             "middle_attention": True,
             "dropout": 0.0,
             "latent_channels": 8,
+            "codebook_size": 64,
         },
-        "quantizer": {"name": "msvq", "codebook_size": 64, "code_dim": 8, "beta": 0.25, "phi_count": 4},
-        "schedule": {"name": "explicit", "sizes": [1, 2, 3, 4]},
+        "quantizer": {"name": "msvq", "beta": 0.25, "normalize_codes": False, "phi_ratio": 0.5, "phi_count": 4},
+        "scales": {"name": "explicit", "sizes": [1, 2, 3, 4]},
     },
 }
 
@@ -247,30 +252,40 @@ def build_vqvae(
 ) -> VQVAE:
     """Build a :class:`VQVAE` from plain config mappings (the ``tokenizer``, ``quantizer``, ``schedule`` groups).
 
-    ``tokenizer`` holds :class:`VQVAE` arguments (an optional ``name`` key is ignored); ``quantizer`` is a
-    registry spec (``{"name": "msvq", ...}``) whose ``code_dim`` may be omitted/None (taken from the tokenizer's
-    ``latent_channels``) and whose ``num_scales`` (only for ``phi_count: 0``) is filled from the schedule;
-    ``scales`` is a :class:`Scales`, a schedule spec (``{"name": "var_256"}``) or a list of sizes.
+    * ``tokenizer``: :class:`VQVAE` arguments, plus ``codebook_size`` (the tokenizer's vocabulary, used by
+      quantizers that take one); an optional ``name`` key is ignored.
+    * ``quantizer``: a registry spec (``{"name": "msvq", ...}``). ``code_dim`` and ``codebook_size`` left out or
+      None are taken from the tokenizer's ``latent_channels`` / ``codebook_size`` (only if the quantizer takes
+      that argument: ``msfsq``'s vocabulary follows from its ``levels``); ``num_scales`` (needed for
+      ``phi_count: 0``) is filled from the schedule.
+    * ``scales``: a :class:`Scales`, a schedule spec (``{"name": "var_256"}``) or a list of sizes.
+
+    The result's ``config`` holds the resolved arguments as plain data (``build_vqvae(**vae.config)`` rebuilds it).
 
     >>> vae = build_vqvae(**VQVAE_PRESETS["vqvae_tiny"])
-    >>> vae.latent_size(), vae.scales.describe()
-    ((4, 4), '(1, 2, 3, 4)')
+    >>> vae.latent_size(), vae.scales.describe(), vae.quantizer.codebook_size
+    ((4, 4), '(1, 2, 3, 4)', 64)
     """
     schedule = _to_scales(scales)
     tokenizer_args = {str(k): v for k, v in tokenizer.items() if k != "name"}
     quantizer_spec = {str(k): v for k, v in quantizer.items()}
-    latent_channels = tokenizer_args.get("latent_channels")
-    if quantizer_spec.get("code_dim") is None:
-        if latent_channels is None:
-            raise ValueError("set the quantizer's code_dim or the tokenizer's latent_channels")
-        quantizer_spec["code_dim"] = latent_channels
-    if "num_scales" in quantizer_spec and quantizer_spec["num_scales"] is None:
-        quantizer_spec["num_scales"] = len(schedule)
-    elif quantizer_spec.get("phi_count") == 0 and "num_scales" not in quantizer_spec:
-        quantizer_spec["num_scales"] = len(schedule)
+    if "name" not in quantizer_spec:
+        raise ValueError(f"the quantizer config needs a 'name' (one of {', '.join(QUANTIZERS.names())})")
+    accepted = set(inspect.signature(QUANTIZERS.get(quantizer_spec["name"])).parameters)
+    defaults = {
+        "code_dim": tokenizer_args.get("latent_channels"),
+        "codebook_size": tokenizer_args.pop("codebook_size", None),
+        "num_scales": len(schedule),
+    }
+    for key, value in defaults.items():
+        if key in accepted and quantizer_spec.get(key) is None and value is not None:
+            quantizer_spec[key] = value
+    for key in ("code_dim", "codebook_size"):
+        if key in accepted and key in quantizer_spec and quantizer_spec[key] is None:
+            raise ValueError(f"quantizer {quantizer_spec['name']!r} needs {key}: set it in the quantizer or tokenizer")
     if "channel_multipliers" in tokenizer_args:
         tokenizer_args["channel_multipliers"] = tuple(tokenizer_args["channel_multipliers"])
-    if isinstance(tokenizer_args.get("image_size"), (list, tuple)):
+    if isinstance(tokenizer_args.get("image_size"), Sequence):
         tokenizer_args["image_size"] = tuple(tokenizer_args["image_size"])
     built = QUANTIZERS.build(quantizer_spec)
     vae = VQVAE(quantizer=built, scales=schedule, **tokenizer_args)
@@ -297,4 +312,4 @@ def vqvae_preset(name: str, **tokenizer_overrides: Any) -> VQVAE:
         raise KeyError(f"unknown VQVAE preset {name!r}; known: {', '.join(sorted(VQVAE_PRESETS))}")
     preset = copy.deepcopy(VQVAE_PRESETS[name])
     preset["tokenizer"].update(tokenizer_overrides)
-    return build_vqvae(preset["tokenizer"], preset["quantizer"], preset["schedule"])
+    return build_vqvae(preset["tokenizer"], preset["quantizer"], preset["scales"])

@@ -153,8 +153,9 @@ def check_attention_kernel(
                 # two-scale query chunk, which must still obey the mask inside the chunk.
                 for n_q in sorted({last, total - scales.offsets[max(len(scales) - 2, 0)]}):
                     got = kernel(q[:, :, -n_q:], k, v, mask=m)
-                    _assert_close(got, want[:, :, -n_q:], dtype, f"{kernel.name} kv-cache {n_q} queries {mtag}",
-                                  tolerances)
+                    _assert_close(
+                        got, want[:, :, -n_q:], dtype, f"{kernel.name} kv-cache {n_q} queries {mtag}", tolerances
+                    )
                 report.passed.append(f"kvcache/{mtag}")
             if m is not None:
                 with torch.no_grad():
@@ -178,8 +179,13 @@ def check_attention_kernel(
                 for name, got_leaf, want_leaf in zip("qkv", leaves, leaves32, strict=True):
                     if got_leaf.grad is None:
                         raise AssertionError(f"{kernel.name}: no gradient reached {name} ({mtag})")
-                    _assert_close(got_leaf.grad, want_leaf.grad, dtype, f"{kernel.name} grad {name} {mtag}",
-                                  {**tolerances, torch.float32: (1e-4, 1e-3)})
+                    _assert_close(
+                        got_leaf.grad,
+                        want_leaf.grad,
+                        dtype,
+                        f"{kernel.name} grad {name} {mtag}",
+                        {**tolerances, torch.float32: (1e-4, 1e-3)},
+                    )
                 report.passed.append(f"backward/{mtag}")
             else:
                 leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
@@ -187,8 +193,13 @@ def check_attention_kernel(
                 report.skipped[f"backward/{mtag}"] = "not declared"
 
         with torch.no_grad():
-            _assert_close(kernel(q, k, v, scale=0.3), reference(q32, k32, v32, scale=0.3), dtype,
-                          f"{kernel.name} explicit scale {tag}", tolerances)
+            _assert_close(
+                kernel(q, k, v, scale=0.3),
+                reference(q32, k32, v32, scale=0.3),
+                dtype,
+                f"{kernel.name} explicit scale {tag}",
+                tolerances,
+            )
         report.passed.append(f"scale/{tag}")
 
         # dropout: with p > 0 the output must differ from p = 0 and stay finite; undeclared => refused

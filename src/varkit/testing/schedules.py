@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -47,7 +48,7 @@ def check_scale_schedule(scales_or_factory: Scales | Callable[[], Scales], **fac
             raise AssertionError(f"scale sizes must be ints, got {(h, w)!r}")
         if h < 1 or w < 1:
             raise AssertionError(f"scale sizes must be positive, got {(h, w)!r}")
-    for (h0, w0), (h1, w1) in zip(sizes, sizes[1:], strict=False):
+    for (h0, w0), (h1, w1) in itertools.pairwise(sizes):
         if h1 < h0 or w1 < w0 or h1 * w1 <= h0 * w0:
             raise AssertionError(f"scales must grow strictly: {h0}x{w0} then {h1}x{w1}")
 

@@ -1,0 +1,148 @@
+"""Benchmark: class-conditional sampling with the VAR transformer (+ VQ-VAE decode), random weights.
+
+VAR-dN shape (depth N, width 64N, N heads, QK-L2 norm, 1000 classes, 4096 codes, var_256 scales = 680 tokens),
+classifier-free guidance with the linear ramp, top-k 900 / top-p 0.96 (the reference's defaults). Each variant runs
+in its own subprocess so its peak memory (max RSS) is its own. Prints median wall times of several runs.
+
+    python benchmarks/sample.py                      # d16: batch 1 and batch 16, fp32 / autocast / bf16 weights
+    python benchmarks/sample.py --depth 16 --batch 1 --variants bf16 --runs 5
+    python benchmarks/sample.py --no-decode          # transformer only
+
+Variants: ``fp32`` (float32 weights), ``autocast`` (float32 weights under CPU bf16 autocast, what the reference
+does), ``bf16`` (bf16 weights, no autocast), ``bf16-compile`` (bf16 weights, blocks compiled with torch.compile).
+Decoding uses the ``vqvae_f16`` decoder: float32 for ``fp32``, bf16 channels-last (``VQVAE.decoder_to``) otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import torch
+
+VARIANTS = ("fp32", "autocast", "bf16", "bf16-compile")
+
+
+def transformer_flops(depth: int, width: int, token_counts: list[int], rows: int, vocab: int = 4096) -> float:
+    """Multiply-adds x 2 of one KV-cached sampling pass: linear layers, attention over the cache, head."""
+    total, context = 0.0, 0
+    for n in token_counts:
+        context += n
+        per_token = depth * (24 * width * width + 4 * context * width) + 2 * width * vocab
+        total += rows * n * per_token
+    return total
+
+
+def _build(depth: int, variant: str, decode: bool) -> tuple[Any, Any, Any]:
+    import varkit  # noqa: F401  (registers the built-in components)
+    import varkit.quantizers  # noqa: F401
+    from varkit.models.var import VAR
+    from varkit.models.var_presets import official_shape
+
+    torch.manual_seed(0)
+    var = VAR(**{**official_shape(depth), "drop_path": 0.0, "class_dropout": 0.0}).eval()
+    if decode:
+        from varkit.models.vqvae import vqvae_preset
+
+        vqvae = vqvae_preset("vqvae_f16").eval()
+        if variant != "fp32":
+            vqvae.decoder_to(torch.bfloat16)
+        quantizer = vqvae.quantizer
+    else:
+        from varkit.quantizers.msvq import MultiScaleVQ
+
+        vqvae, quantizer = None, MultiScaleVQ(codebook_size=4096, code_dim=32).eval()
+    if variant.startswith("bf16"):
+        var.to(torch.bfloat16)
+    if variant == "bf16-compile":
+        for block in var.blocks:
+            block.compile(dynamic=True)
+    return var, quantizer, vqvae
+
+
+def run_one(depth: int, batch: int, variant: str, runs: int, decode: bool, cfg: float) -> dict[str, Any]:
+    torch.set_num_threads(2)
+    var, quantizer, vqvae = _build(depth, variant, decode)
+    labels = torch.arange(batch) * 37 % 1000
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if variant == "autocast" else contextlib.nullcontext()
+
+    def once(seed: int) -> tuple[float, float]:
+        gen = torch.Generator().manual_seed(seed)
+        start = time.perf_counter()
+        with torch.inference_mode(), autocast:
+            out = var.generate(labels, quantizer, cfg=cfg, top_k=900, top_p=0.96, generator=gen)
+        middle = time.perf_counter()
+        if vqvae is not None:
+            with torch.inference_mode():
+                images = vqvae.decode_latents(out.latent)
+            assert images.shape == (batch, 3, 256, 256)
+        return middle - start, time.perf_counter() - middle
+
+    once(0)  # warm-up (allocator, oneDNN primitive caches, compilation)
+    times = [once(seed) for seed in range(1, runs + 1)]
+    gen_times, dec_times = [t[0] for t in times], [t[1] for t in times]
+    scales = var.scales
+    flops = transformer_flops(depth, var.width, list(scales.token_counts), rows=2 * batch if cfg else batch)
+    gen_median = statistics.median(gen_times)
+    return {
+        "depth": depth,
+        "batch": batch,
+        "variant": variant,
+        "transformer_s": gen_median,
+        "decode_s": statistics.median(dec_times),
+        "total_s": statistics.median(g + d for g, d in times),
+        "per_image_s": statistics.median(g + d for g, d in times) / batch,
+        "gflops": flops / gen_median / 1e9,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "runs": runs,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--depth", type=int, default=16)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--variants", nargs="+", default=["fp32", "autocast", "bf16"], choices=VARIANTS)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--cfg", type=float, default=1.5)
+    parser.add_argument("--no-decode", action="store_true")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    decode = not args.no_decode
+    if args.child:
+        row = run_one(args.depth, args.batch[0], args.variants[0], args.runs, decode, args.cfg)
+        print("RESULT " + json.dumps(row), flush=True)
+        return
+    print(
+        f"VAR-d{args.depth} sampling, 256px, cfg={args.cfg}, top-k 900 / top-p 0.96, 2 threads, "
+        f"median of {args.runs} runs{'' if decode else ' (no decode)'}"
+    )
+    header = f"{'batch':>5} {'variant':>13} {'transformer s':>13} {'decode s':>9} {'total s':>8} {'per image s':>11}"
+    print(header + f" {'GFLOP/s':>8} {'peak RSS GiB':>12}")
+    for batch in args.batch:
+        for variant in args.variants:
+            cmd = [sys.executable, __file__, "--child", "--depth", str(args.depth), "--batch", str(batch)]
+            cmd += ["--variants", variant, "--runs", str(args.runs), "--cfg", str(args.cfg)]
+            cmd += [] if decode else ["--no-decode"]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+            if proc.returncode or not lines:
+                print(f"{batch:>5} {variant:>13} FAILED: {proc.stderr.strip().splitlines()[-1:]}")
+                continue
+            r = json.loads(lines[-1].removeprefix("RESULT "))
+            print(
+                f"{batch:>5} {variant:>13} {r['transformer_s']:>13.3f} {r['decode_s']:>9.3f} {r['total_s']:>8.3f} "
+                f"{r['per_image_s']:>11.3f} {r['gflops']:>8.0f} {r['peak_rss_gib']:>12.2f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""``varkit train``: train the VAR transformer over a frozen tokenizer (VAR paper, Sec. 3.2 and Sec. 4).
+
+Examples::
+
+    varkit train                                          # the CPU demo (token shards of the demo tokenizer)
+    varkit train data=demo_images                         # tokenize image shards on the fly instead
+    varkit train model=var_d16 tokenizer.path=weights/vqvae data=... trainer=gpu logger=wandb
+    varkit train trainer=ddp_cpu trainer.max_steps=10     # 2 CPU processes (gloo)
+
+The run directory is ``runs/<name>``: re-running the same command resumes from ``checkpoints/last.ckpt`` (step,
+optimiser, LR schedule, EMA, data-stream position and RNG states). At the end the transformer (EMA weights when
+the EMA callback is on) and a reference to its tokenizer are exported to ``runs/<name>/model/`` for
+``varkit sample``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import netrc
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+HELP = "train the VAR transformer on a frozen tokenizer's tokens (Lightning), then export it to <run>/model"
+CONFIG_NAME = "train_var"
+
+logger = logging.getLogger(__name__)
+
+#: model keys that the tokenizer decides (never specified twice)
+TOKENIZER_KEYS = ("scales", "codebook_size", "code_dim")
+
+
+def wandb_credentials_configured() -> bool:
+    """Whether W&B could log in without asking: ``WANDB_API_KEY`` is set or a netrc entry for the API host exists."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def resolve_wandb_mode(mode: str | None) -> str:
+    """``offline`` when no credentials are configured (unless ``disabled``); otherwise the requested mode."""
+    if mode in ("disabled", "offline"):
+        return str(mode)
+    if not wandb_credentials_configured():
+        logger.info("no W&B credentials (WANDB_API_KEY unset, no netrc entry): logging offline")
+        return "offline"
+    return "online" if mode in (None, "auto") else str(mode)
+
+
+def instantiate_group(node: Any, *, wandb_mode: bool = False) -> list[Any]:
+    """Objects of a ``{key: {_target_: ...}}`` group (callbacks, loggers); null entries are skipped."""
+    from varkit.config import safe_instantiate
+
+    if not node:
+        return []
+    objects = []
+    for entry in node.values():
+        if entry is None or "_target_" not in entry:
+            continue
+        if wandb_mode and str(entry["_target_"]).endswith("WandbLogger"):
+            entry = copy.deepcopy(entry)
+            with OmegaConf.read_write(entry), OmegaConf.open_dict(entry):
+                entry["mode"] = resolve_wandb_mode(entry.get("mode"))
+        objects.append(safe_instantiate(entry))
+    return objects
+
+
+def model_arguments(model: Mapping[str, Any], tokenizer: Any, attention: Any = None) -> dict[str, Any]:
+    """:class:`VAR` arguments: the ``model`` group with the tokenizer's scales/codebook and the attention kernel."""
+    from varkit.config import to_plain
+    from varkit.lit.tokenizer_source import tokenizer_facts
+
+    arguments = {str(k): v for k, v in dict(to_plain(model)).items() if k != "name"}
+    facts = tokenizer_facts(tokenizer)
+    for key in TOKENIZER_KEYS:
+        given = arguments.get(key)
+        if given is not None and key != "scales" and given != facts[key]:
+            logger.info("model.%s=%s replaced by the tokenizer's %s", key, given, facts[key])
+        arguments[key] = facts[key]
+    if attention is not None:
+        arguments["attention"] = to_plain(attention)
+    return arguments
+
+
+def find_classes(urls: Any) -> list[str] | None:
+    """Class names from a ``classes.json`` beside the first shard or up to two folders above it."""
+    from varkit.data.shards import expand_urls, read_classes
+
+    try:
+        first = Path(expand_urls(urls)[0])
+    except (IndexError, TypeError, ValueError):
+        return None
+    for folder in (first.parent, first.parent.parent, first.parent.parent.parent):
+        if (folder / "classes.json").is_file():
+            return read_classes(folder)
+    return None
+
+
+def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
+    """``(module, datamodule, trainer)`` from a composed ``train_var`` config (no training yet)."""
+    import lightning as L
+    import torch
+
+    from varkit.config import ConfigError, safe_instantiate, to_plain
+    from varkit.data.streaming import mix_seed
+    from varkit.lit.tokenizer_source import load_tokenizer, resolve_tokenizer_dir
+    from varkit.lit.var_module import VARModule
+
+    L.seed_everything(int(cfg.seed), workers=True)  # same initial weights on every rank
+    tokenizer_dir = resolve_tokenizer_dir(cfg.tokenizer.path)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    arguments = model_arguments(cfg.model, tokenizer, cfg.get("attention"))
+    datamodule = safe_instantiate(cfg.data)
+    data_scales = getattr(datamodule, "scales", None)
+    if data_scales is not None:
+        try:
+            data_scales = [tuple(s) for s in data_scales]
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"cannot read the token shards' tokens.json: {err}") from None
+        if data_scales != [tuple(s) for s in tokenizer.scales.sizes]:
+            raise ConfigError(
+                f"the token shards were written with scales {data_scales}, but the tokenizer at {tokenizer_dir} "
+                f"uses {[tuple(s) for s in tokenizer.scales.sizes]}: re-run `varkit data tokenize` with it"
+            )
+    plain = to_plain(cfg)
+    module = VARModule(
+        arguments,
+        optim=plain["optim"],
+        loss=plain["loss"],
+        progressive=plain["progressive"],
+        compile=plain["compile"],
+        seed=int(cfg.seed),
+        tokenizer=tokenizer,
+        tokenizer_path=str(tokenizer_dir),
+    )
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"), wandb_mode=True)
+    trainer = safe_instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    torch.manual_seed(mix_seed(int(cfg.seed), trainer.global_rank))  # per-rank stream for drop path
+    for experiment_logger in loggers:
+        if type(experiment_logger).__name__ == "WandbLogger" and trainer.is_global_zero:
+            experiment_logger.experiment.config.update({"run_config": plain}, allow_val_change=True)
+    return module, datamodule, trainer
+
+
+def export_model(module: Any, trainer: Any, cfg: DictConfig, datamodule: Any) -> Path:
+    """Write the trained transformer (EMA weights if configured) + tokenizer reference to ``export.dir``."""
+    from varkit.lit.var_callbacks import find_ema
+    from varkit.sampling_io import write_generator
+
+    model = copy.deepcopy(module.model).cpu().float()
+    ema = find_ema(trainer) if cfg.export.get("ema", True) else None
+    if ema is not None and ema.shadow:
+        state = model.state_dict()
+        state.update({name: tensor.cpu() for name, tensor in ema.shadow.items()})
+        model.load_state_dict(state)
+    from varkit.data.shards import read_classes
+
+    classes_file = cfg.export.get("classes")
+    classes = read_classes(classes_file) if classes_file else find_classes(getattr(datamodule, "train_urls", None))
+    extra = {"ema": ema is not None, "global_step": int(trainer.global_step)}
+    return write_generator(model, cfg.export.dir, module.hparams["tokenizer_path"], classes=classes, extra=extra)
+
+
+def run(cfg: DictConfig) -> None:
+    module, datamodule, trainer = build_training(cfg)
+    checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+    resume = bool(cfg.get("resume", True)) and any(checkpoints.glob("last*.ckpt"))
+    if resume:
+        logger.info("resuming from %s", checkpoints / "last.ckpt")
+    trainer.fit(module, datamodule=datamodule, ckpt_path="last" if resume else None)
+    if trainer.interrupted:
+        return
+    if trainer.is_global_zero:
+        exported = export_model(module, trainer, cfg, datamodule)
+        sys.stdout.write(f"transformer exported to {exported} (sample with: varkit sample model_dir={exported})\n")

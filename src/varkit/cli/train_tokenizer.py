@@ -1,0 +1,84 @@
+"""``varkit train-tokenizer``: train the multi-scale VQVAE (VAR paper, Sec. 4), export it for the transformer stage.
+
+Examples::
+
+    varkit data demo data/demo
+    varkit train-tokenizer                                  # the CPU demo: runs/tokenizer-demo
+    varkit train-tokenizer experiment=tokenizer_demo_gan    # + patch discriminator
+    varkit train-tokenizer tokenizer=vqvae_f16 schedule=var_256 data=... trainer=gpu --cfg job
+
+The run directory is ``runs/<name>``: re-running the same command resumes from its ``checkpoints/last.ckpt``
+(step, optimisers, discriminator, LR schedules, codebook statistics and the data position). At the end the
+tokenizer is exported to ``runs/<name>/tokenizer/`` (``config.json`` + ``model.safetensors``).
+``trainer.max_steps`` counts training batches (generator updates), also with the discriminator on.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+HELP = "train the multi-scale VQVAE tokenizer (Lightning), then export it to <run>/tokenizer"
+CONFIG_NAME = "train_tokenizer"
+
+logger = logging.getLogger(__name__)
+
+
+def _instantiate_group(node: Any) -> list[Any]:
+    """Objects of a ``{key: {_target_: ...}}`` group (callbacks, loggers); entries set to null are skipped."""
+    from varkit.config import safe_instantiate
+
+    if not node:
+        return []
+    return [safe_instantiate(entry) for entry in node.values() if entry is not None and "_target_" in entry]
+
+
+def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
+    """``(module, datamodule, trainer)`` from a composed ``train_tokenizer`` config (no training yet)."""
+    import lightning as L
+
+    from varkit.config import ConfigError, safe_instantiate
+    from varkit.lit.tokenizer import TokenizerModule
+
+    L.seed_everything(int(cfg.seed), workers=True)
+    if cfg.trainer.get("gradient_clip_val") is not None:
+        raise ConfigError(
+            "trainer.gradient_clip_val cannot be used with the tokenizer's manual optimisation; set optim.grad_clip"
+        )
+    if cfg.trainer.get("accumulate_grad_batches", 1) not in (1, None):
+        raise ConfigError("trainer.accumulate_grad_batches must be 1 for the tokenizer (manual optimisation)")
+    module = TokenizerModule.from_config(cfg)
+    image_size = module.vae.image_size
+    data_size = cfg.data.get("image_size")
+    if data_size is not None and tuple(data_size if not isinstance(data_size, int) else (data_size, data_size)) != (
+        image_size
+    ):
+        raise ConfigError(
+            f"data.image_size={data_size} differs from the tokenizer's image_size={image_size[0]}; set both the same"
+        )
+    datamodule = safe_instantiate(cfg.data)
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    loggers = _instantiate_group(cfg.get("logger"))
+    trainer = safe_instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return module, datamodule, trainer
+
+
+def run(cfg: DictConfig) -> None:
+    from varkit.lit.export import export_tokenizer
+
+    module, datamodule, trainer = build_training(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    checkpoints = output_dir / "checkpoints"
+    resume = bool(cfg.get("resume", True)) and any(checkpoints.glob("last*.ckpt"))
+    if resume:
+        logger.info("resuming from %s", checkpoints / "last.ckpt")
+    trainer.fit(module, datamodule=datamodule, ckpt_path="last" if resume else None)
+    if trainer.interrupted:
+        return
+    if trainer.is_global_zero:
+        exported = export_tokenizer(module.vae, output_dir / "tokenizer")
+        sys.stdout.write(f"tokenizer exported to {exported}\n")

@@ -1,0 +1,184 @@
+"""In-training sample quality: a small-budget FID / IS (optionally KID, precision/recall) every N steps.
+
+The VAR paper tracks FID and IS of the transformer stage (Tian et al. 2024, §5); full 50k-sample evaluations are
+for ``varkit eval``. This callback samples ``per_class`` images for a fixed set of validation classes with the same
+seed each time (so successive figures are comparable), measures them against reference statistics computed once
+from validation shards (or read from a reference ``.npz``), and logs ``eval/fid``, ``eval/inception_score``, ... to
+every logger. With few samples FID is biased upwards: compare values across steps, not with the literature.
+
+Add it to a training config, e.g. ``conf/callbacks/<yours>.yaml``::
+
+    fid:
+      _target_: varkit.lit.eval_callback.SampleQuality
+      reference: ${paths.data_dir}/demo/val
+      every_n_steps: 500
+      per_class: 20
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
+
+__all__ = ["SampleQuality"]
+
+logger = logging.getLogger(__name__)
+
+
+class SampleQuality(L.Callback):
+    """Every ``every_n_steps`` optimiser steps (and at the end), log FID/IS of freshly generated samples.
+
+    Args:
+        reference: image shards (directory, brace pattern, list) or a reference ``.npz``.
+        evaluator: feature-extractor spec (``{"name": "tiny"}`` or ``{"name": "inception_fid", "weights": ...}``).
+        every_n_steps: period in optimiser steps (0: only at the end).
+        classes: classes to sample (default: every class, up to ``max_classes``).
+        per_class: samples per class.
+        max_reference_images: cap on reference images read from shards.
+        cache_dir: where reference statistics are cached (``None``: not cached).
+        use_ema: sample with the EMA weights when an EMA callback is present.
+        cfg, cfg_schedule, top_k, top_p, temperature: sampling options (see ``VAR.generate``).
+        kid, precision_recall: also compute these (they need reference features; cheap at small budgets).
+        seed, batch_size, at_end: as in :class:`varkit.lit.var_callbacks.SampleGrid`.
+    """
+
+    def __init__(
+        self,
+        reference: str | Sequence[str],
+        evaluator: Mapping[str, Any] | None = None,
+        every_n_steps: int = 1000,
+        classes: Sequence[int] | None = None,
+        max_classes: int = 10,
+        per_class: int = 10,
+        max_reference_images: int | None = None,
+        cache_dir: str | None = None,
+        use_ema: bool = True,
+        cfg: float = 1.5,
+        cfg_schedule: str | Mapping[str, Any] = "linear",
+        top_k: int = 0,
+        top_p: float = 0.0,
+        temperature: float = 1.0,
+        kid: bool = False,
+        precision_recall: bool = False,
+        seed: int = 0,
+        batch_size: int = 64,
+        at_end: bool = True,
+    ) -> None:
+        self.reference_spec = reference if isinstance(reference, str) else list(reference)
+        self.evaluator_spec = dict(evaluator) if evaluator is not None else {"name": "tiny"}
+        self.every_n_steps = int(every_n_steps)
+        self.classes = list(classes) if classes is not None else None
+        self.max_classes = int(max_classes)
+        self.per_class = int(per_class)
+        self.max_reference_images = max_reference_images
+        self.cache_dir = cache_dir
+        self.use_ema = bool(use_ema)
+        self.sampling = {
+            "cfg": float(cfg),
+            "cfg_schedule": cfg_schedule if isinstance(cfg_schedule, str) else dict(cfg_schedule),
+            "top_k": int(top_k),
+            "top_p": float(top_p),
+            "temperature": float(temperature),
+        }
+        self.kid = bool(kid)
+        self.precision_recall = bool(precision_recall)
+        self.seed = int(seed)
+        self.batch_size = int(batch_size)
+        self.at_end = bool(at_end)
+        self.last_metrics: dict[str, Any] | None = None
+        self._last_step = -1
+        self._extractor: Any = None
+        self._reference: Any = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
+            self.evaluate(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.at_end and trainer.global_step != self._last_step:
+            self.evaluate(trainer, pl_module)
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_step = trainer.global_step
+        self._evaluate_rank_zero(trainer, pl_module)
+
+    def _reference_for(self, image_size: int, device: str) -> Any:
+        from varkit.data.shards import expand_urls
+        from varkit.evaluation.stats import reference_from_npz, reference_from_shards
+
+        if self._reference is None:
+            spec = self.reference_spec
+            if isinstance(spec, str) and spec.endswith(".npz"):
+                self._reference = reference_from_npz(spec, self._extractor, batch_size=self.batch_size, device=device)
+            else:
+                urls = [u for u in expand_urls(spec) if Path(u).is_file()]
+                self._reference = reference_from_shards(
+                    urls,
+                    self._extractor,
+                    image_size=image_size,
+                    cache_dir=self.cache_dir,
+                    max_images=self.max_reference_images,
+                    batch_size=self.batch_size,
+                    device=device,
+                )
+        return self._reference
+
+    @rank_zero_only
+    def _evaluate_rank_zero(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from varkit.evaluation.features import build_extractor
+        from varkit.evaluation.runner import MetricSettings, evaluate_images
+        from varkit.evaluation.samples import to_uint8_nhwc
+        from varkit.lit.var_callbacks import find_ema, sample_class_grid
+
+        device = str(pl_module.device)
+        if self._extractor is None:
+            self._extractor = build_extractor(dict(self.evaluator_spec)).to(device)
+        num_classes = int(pl_module.model.num_classes)  # type: ignore[union-attr, arg-type]
+        classes = self.classes if self.classes is not None else list(range(min(num_classes, self.max_classes)))
+        ema = find_ema(trainer) if self.use_ema else None
+        swap = ema.swapped(pl_module) if ema is not None else contextlib.nullcontext()
+        started = time.perf_counter()
+        with swap:
+            images = sample_class_grid(
+                pl_module, classes, self.per_class, seed=self.seed, batch_size=self.batch_size, **self.sampling
+            )
+        generation_seconds = time.perf_counter() - started
+        pixels = to_uint8_nhwc(images)
+        reference = self._reference_for(pixels.shape[1], device)
+        settings = MetricSettings(
+            inception_score_splits=min(10, len(pixels)),
+            kid_subset_size=min(1000, len(pixels)),
+            kid=self.kid,
+            precision_recall=self.precision_recall,
+            seed=self.seed,
+        )
+        result = evaluate_images(
+            pixels, self._extractor, reference, settings, batch_size=self.batch_size, device=device
+        )
+        metrics = {
+            "eval/fid": result["fid"],
+            "eval/inception_score": result["inception_score"],
+            "eval/seconds_per_image": generation_seconds / len(pixels),
+        }
+        for key in ("kid", "precision", "recall"):
+            if result[key] is not None:
+                metrics[f"eval/{key}"] = result[key]
+        self.last_metrics = metrics
+        for experiment_logger in trainer.loggers:
+            experiment_logger.log_metrics(metrics, step=trainer.global_step)
+        logger.info(
+            "step %d: FID %.3f, IS %.2f on %d samples (%.1f s)",
+            trainer.global_step,
+            result["fid"],
+            result["inception_score"],
+            len(pixels),
+            time.perf_counter() - started,
+        )

@@ -1,0 +1,434 @@
+"""``TokenizerModule``: trains VAR's multi-scale VQVAE with the VQGAN objective (VAR paper, Sec. 4).
+
+A thin Lightning shell around the plain :class:`varkit.models.vqvae.VQVAE` (built by
+:func:`varkit.models.vqvae.build_vqvae` from the ``tokenizer``/``quantizer``/``schedule`` config groups): it owns
+the loss (pixel L1/L2 + quantizer loss + optional LPIPS + optional hinge GAN with VQGAN's adaptive weight), the two
+AdamW optimisers with warm-up + cosine schedules, codebook accounting (usage and perplexity per scale, reduced
+across ranks here, never in ``forward``) and dead-code restarts, and validation metrics (PSNR, SSIM, per-scale
+usage).
+
+Step counting: the module uses manual optimisation (``automatic_optimization = False``). Lightning counts every
+*Lightning-wrapped* optimiser step in ``trainer.global_step``; the discriminator's optimiser is stepped through the
+strategy directly (same precision handling, no count), so ``global_step`` counts generator updates = training
+batches, and ``trainer.max_steps`` means what it says: the number of training batches. The learning-rate schedule
+length is ``total_steps`` (the CLI passes ``trainer.max_steps``), never ``trainer.estimated_stepping_batches``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from varkit.config import ConfigError, to_plain
+from varkit.lit.codebook import CodeUsage, codebook_of, reset_optimizer_rows, restart_dead_codes, scale_residuals
+from varkit.lit.losses import (
+    adaptive_gan_weight,
+    hinge_discriminator_loss,
+    hinge_generator_loss,
+    reconstruction_loss,
+)
+from varkit.models.vqvae import VQVAE, build_vqvae
+from varkit.nn.discriminator import PatchDiscriminator
+from varkit.nn.perceptual import build_perceptual_loss
+
+__all__ = ["CodebookSettings", "GANSettings", "LossSettings", "OptimSettings", "TokenizerModule", "WarmupCosine"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """``loss`` config: weights of the autoencoder terms and the perceptual network's local weight files."""
+
+    l1_weight: float = 1.0
+    l2_weight: float = 0.0
+    quantizer_weight: float = 1.0
+    perceptual_weight: float = 1.0
+    vgg_weights: str | None = None
+    lpips_weights: str | None = None
+
+
+@dataclass(frozen=True)
+class GANSettings:
+    """``gan`` config: the optional patch discriminator (hinge loss, VQGAN adaptive weight)."""
+
+    enabled: bool = False
+    weight: float = 0.1
+    start_step: int = 0
+    adaptive_weight: bool = True
+    max_adaptive_weight: float = 1.0e4
+    discriminator: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """``optim`` config: AdamW for both networks, linear warm-up then cosine decay, gradient-norm clipping."""
+
+    lr: float = 2.0e-4
+    discriminator_lr: float | None = None
+    betas: tuple[float, float] = (0.5, 0.9)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    grad_clip: float | None = 1.0
+
+
+@dataclass(frozen=True)
+class CodebookSettings:
+    """``codebook`` config: usage logging window and dead-code restarts."""
+
+    usage_window: int = 50
+    restart: bool = True
+    restart_every: int = 50
+    restart_until: int | None = None
+    dead_threshold: float = 1.0
+    pool_batches: int = 2
+    restart_noise: float = 0.0
+
+
+def _settings(kind: type, values: Mapping[str, Any] | None, where: str) -> Any:
+    values = dict(to_plain(values) or {})
+    known = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in '{where}'; known keys: {', '.join(sorted(known))}")
+    if "betas" in values:
+        values["betas"] = tuple(values["betas"])
+    return kind(**values)
+
+
+class WarmupCosine:
+    """LR multiplier: linear warm-up over ``warmup_steps``, then cosine decay to ``min_ratio`` at ``total_steps``.
+
+    A callable object (not a lambda) so that ``LambdaLR`` saves and restores it with the checkpoint.
+
+    >>> schedule = WarmupCosine(warmup_steps=10, total_steps=110, min_ratio=0.0)
+    >>> [round(schedule(s), 3) for s in (0, 9, 10, 60, 110, 200)]
+    [0.1, 1.0, 1.0, 0.5, 0.0, 0.0]
+    """
+
+    def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float) -> None:
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = int(total_steps)
+        self.min_ratio = float(min_ratio)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _last_decoder_layer(vae: VQVAE) -> Tensor:
+    """The weight of the decoder's output convolution (where VQGAN balances the two gradients)."""
+    head = getattr(vae.decoder, "head_conv", None)
+    if isinstance(head, nn.Conv2d):
+        return head.weight
+    convs = [m for m in vae.decoder.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1].weight
+
+
+class TokenizerModule(L.LightningModule):
+    """Lightning system training a multi-scale VQVAE.
+
+    Args:
+        tokenizer, quantizer, schedule: plain config mappings for :func:`build_vqvae` (the config groups).
+        loss, gan, optim, codebook: mappings of :class:`LossSettings`, :class:`GANSettings`,
+            :class:`OptimSettings`, :class:`CodebookSettings` fields (missing keys take the defaults).
+        total_steps: length of the LR schedule in training batches (the CLI passes ``trainer.max_steps``).
+        seed: seeds the dead-code restart draws (combined with the step, so a resumed run draws the same).
+        grid_images: images kept from the first validation batch for the reconstruction grid callback.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Mapping[str, Any],
+        quantizer: Mapping[str, Any],
+        schedule: Any,
+        loss: Mapping[str, Any] | None = None,
+        gan: Mapping[str, Any] | None = None,
+        optim: Mapping[str, Any] | None = None,
+        codebook: Mapping[str, Any] | None = None,
+        total_steps: int = 1000,
+        seed: int = 0,
+        grid_images: int = 8,
+    ) -> None:
+        super().__init__()
+        plain = {
+            "tokenizer": to_plain(tokenizer),
+            "quantizer": to_plain(quantizer),
+            "schedule": to_plain(schedule),
+            "loss": to_plain(loss) or {},
+            "gan": to_plain(gan) or {},
+            "optim": to_plain(optim) or {},
+            "codebook": to_plain(codebook) or {},
+            "total_steps": int(total_steps),
+            "seed": int(seed),
+            "grid_images": int(grid_images),
+        }
+        # plain containers only: a DictConfig here would break weights_only checkpoint loading
+        self.save_hyperparameters(plain)
+        self.automatic_optimization = False
+        self.loss_settings: LossSettings = _settings(LossSettings, plain["loss"], "loss")
+        self.gan_settings: GANSettings = _settings(GANSettings, plain["gan"], "gan")
+        self.optim_settings: OptimSettings = _settings(OptimSettings, plain["optim"], "optim")
+        self.codebook_settings: CodebookSettings = _settings(CodebookSettings, plain["codebook"], "codebook")
+        if total_steps < 1:
+            raise ConfigError(f"total_steps must be positive (got {total_steps}); set trainer.max_steps")
+        self.total_steps = int(total_steps)
+        self.seed = int(seed)
+        self.grid_images = int(grid_images)
+        try:
+            self.vae = build_vqvae(plain["tokenizer"], plain["quantizer"], plain["schedule"])
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"cannot build the tokenizer from the tokenizer/quantizer/schedule configs: {err}") from err
+        try:
+            self.discriminator = (
+                PatchDiscriminator(image_channels=self.vae.image_channels, **self.gan_settings.discriminator)
+                if self.gan_settings.enabled
+                else None
+            )
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"cannot build the discriminator from gan.discriminator: {err}") from err
+        self.perceptual = (
+            build_perceptual_loss(self.loss_settings.vgg_weights, self.loss_settings.lpips_weights)
+            if self.loss_settings.perceptual_weight > 0
+            else None
+        )
+        num_scales, codebook_size = len(self.vae.scales), int(self.vae.quantizer.codebook_size)
+        self.train_usage = CodeUsage(num_scales, codebook_size)
+        self.restart_usage = CodeUsage(num_scales, codebook_size)
+        self._pool: deque[Tensor] = deque(maxlen=max(1, self.codebook_settings.pool_batches))
+        self._val_counts = torch.zeros(num_scales, codebook_size, dtype=torch.float64)
+        self._restart_enabled = self.codebook_settings.restart and codebook_of(self.vae.quantizer) is not None
+        if self.codebook_settings.restart and not self._restart_enabled:
+            logger.info("dead-code restart is off: the %s quantizer has no learned codebook", plain["quantizer"])
+        from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+        self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
+        self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> TokenizerModule:
+        """Build from a composed ``train_tokenizer`` config (schedule length from ``trainer.max_steps``)."""
+        plain = to_plain(cfg)
+        max_steps = (plain.get("trainer") or {}).get("max_steps")
+        if not isinstance(max_steps, int) or max_steps < 1:
+            raise ConfigError(
+                f"trainer.max_steps must be a positive number of training batches (got {max_steps!r}): the "
+                "learning-rate schedule is computed from it"
+            )
+        return cls(
+            tokenizer=plain["tokenizer"],
+            quantizer=plain["quantizer"],
+            schedule=plain["schedule"],
+            loss=plain.get("loss"),
+            gan=plain.get("gan"),
+            optim=plain.get("optim"),
+            codebook=plain.get("codebook"),
+            total_steps=max_steps,
+            seed=int(plain.get("seed", 0)),
+            grid_images=int((plain.get("validation") or {}).get("grid_images", 8)),
+        )
+
+    # -- optimisation --------------------------------------------------------------------------------------------
+    def _adamw(self, parameters: list[tuple[str, nn.Parameter]], lr: float) -> torch.optim.AdamW:
+        settings = self.optim_settings
+        codebook = codebook_of(self.vae.quantizer)
+        skip = {id(codebook.weight)} if codebook is not None else set()
+        # no decay on biases, norms and the codebook (decay would pull codes towards zero)
+        decay = [p for _, p in parameters if p.ndim >= 2 and id(p) not in skip]
+        no_decay = [p for _, p in parameters if p.ndim < 2 or id(p) in skip]
+        groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=settings.betas)
+
+    def configure_optimizers(self) -> Any:
+        settings = self.optim_settings
+        schedule = WarmupCosine(settings.warmup_steps, self.total_steps, settings.min_lr_ratio)
+        generator = self._adamw(list(self.vae.named_parameters()), settings.lr)
+        optimizers = [generator]
+        if self.discriminator is not None:
+            lr = settings.discriminator_lr if settings.discriminator_lr is not None else settings.lr
+            optimizers.append(self._adamw(list(self.discriminator.named_parameters()), lr))
+        schedulers = [
+            {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule), "interval": "step"} for opt in optimizers
+        ]
+        return optimizers, schedulers
+
+    def _optimizers(self) -> list[Any]:
+        optimizers = self.optimizers()
+        return list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
+
+    def _schedulers(self) -> list[Any]:
+        schedulers = self.lr_schedulers()
+        if schedulers is None:
+            return []
+        return list(schedulers) if isinstance(schedulers, (list, tuple)) else [schedulers]
+
+    def _clip(self, optimizer: Any) -> None:
+        if self.optim_settings.grad_clip:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.optim_settings.grad_clip, gradient_clip_algorithm="norm"
+            )
+
+    # -- training ------------------------------------------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        optimizers = self._optimizers()
+        step = self.global_step
+        loss_cfg, gan_cfg = self.loss_settings, self.gan_settings
+
+        reconstructions, quantized = self.vae(images)
+        pixel = reconstruction_loss(reconstructions, images, loss_cfg.l1_weight, loss_cfg.l2_weight)
+        autoencoder = pixel
+        logs: dict[str, Tensor | float] = {"train/pixel_loss": pixel.detach(), "train/quant_loss": quantized.loss}
+        if self.perceptual is not None:
+            perceptual = self.perceptual(reconstructions, images).mean()
+            autoencoder = autoencoder + loss_cfg.perceptual_weight * perceptual
+            logs["train/perceptual_loss"] = perceptual.detach()
+        total = autoencoder + loss_cfg.quantizer_weight * quantized.loss
+        gan_active = self.discriminator is not None and step >= gan_cfg.start_step
+        if gan_active:
+            adversarial = hinge_generator_loss(self.discriminator(reconstructions))
+            weight = torch.tensor(gan_cfg.weight, device=images.device)
+            if gan_cfg.adaptive_weight:
+                last_layer = _last_decoder_layer(self.vae)
+                weight = weight * adaptive_gan_weight(
+                    autoencoder, adversarial, last_layer, max_weight=gan_cfg.max_adaptive_weight
+                )
+            total = total + weight * adversarial
+            logs["train/generator_adv_loss"] = adversarial.detach()
+            logs["train/gan_weight"] = weight.detach()
+
+        generator_optimizer = optimizers[0]
+        generator_optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(total)
+        self._clip(generator_optimizer)
+        generator_optimizer.step()  # the only optimiser step Lightning counts: global_step == batches
+
+        if gan_active:
+            discriminator_optimizer = optimizers[1]
+            # the generator's backward also reached the discriminator: start from clean gradients
+            discriminator_optimizer.zero_grad(set_to_none=True)
+            real_logits = self.discriminator(images.detach())
+            fake_logits = self.discriminator(reconstructions.detach())
+            disc_loss = hinge_discriminator_loss(real_logits, fake_logits)
+            self.manual_backward(disc_loss)
+            self._clip(discriminator_optimizer)
+            # stepped through the strategy (precision plugin included) but outside Lightning's step counter
+            self.trainer.strategy.optimizer_step(discriminator_optimizer.optimizer, closure=lambda: None, model=self)
+            logs["train/disc_loss"] = disc_loss.detach()
+            logs["train/logits_real"] = real_logits.detach().float().mean()
+            logs["train/logits_fake"] = fake_logits.detach().float().mean()
+        for scheduler in self._schedulers():
+            scheduler.step()
+
+        logs["train/loss"] = total.detach()
+        logs["train/lr"] = generator_optimizer.param_groups[0]["lr"]
+        self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=False)
+        self.log("loss", total.detach(), prog_bar=True, on_step=True, logger=False)
+        self._codebook_health(images, quantized.code_counts)
+        return total.detach()
+
+    # -- codebook health -----------------------------------------------------------------------------------------
+    def _reduce_counts(self, counts: Tensor) -> Tensor:
+        """Sum per-rank code counts over all ranks (identical result on every rank)."""
+        return self.trainer.strategy.reduce(counts.detach().double(), reduce_op="sum")
+
+    def _codebook_health(self, images: Tensor, code_counts: Tensor) -> None:
+        settings = self.codebook_settings
+        counts = self._reduce_counts(code_counts)
+        self.train_usage.update(counts)
+        self.restart_usage.update(counts)
+        if self._restart_enabled:
+            self._pool.append(images.detach())
+        step = self.global_step  # already counts this batch's generator step
+        if settings.usage_window > 0 and step % settings.usage_window == 0:
+            usage, perplexity = self.train_usage.usage(), self.train_usage.perplexity()
+            values = {f"train/codebook/usage_s{k}": float(usage[k]) for k in range(len(usage))}
+            values.update({f"train/codebook/perplexity_s{k}": float(perplexity[k]) for k in range(len(usage))})
+            values["train/codebook/usage_all"] = float((self.train_usage.counts.sum(0) > 0).double().mean())
+            self.log_dict(values, on_step=True, on_epoch=False)
+            self.train_usage.reset()
+        due = settings.restart_every > 0 and step % settings.restart_every == 0
+        in_window = settings.restart_until is None or step <= settings.restart_until
+        if self._restart_enabled and due and in_window:
+            restarted = self.restart_dead_codes()
+            self.log("train/codebook/restarted", float(restarted), on_step=True, on_epoch=False)
+
+    @torch.no_grad()
+    def restart_dead_codes(self) -> int:
+        """Re-initialise codes unused (at every scale) since the last restart; returns how many were restarted.
+
+        Every rank computes the same dead set (counts are reduced across ranks); rank 0's draws are broadcast so
+        that all replicas keep one codebook.
+        """
+        codebook = codebook_of(self.vae.quantizer)
+        dead = self.restart_usage.dead_codes(self.codebook_settings.dead_threshold)
+        self.restart_usage.reset()
+        if codebook is None or not bool(dead.any()) or not self._pool:
+            return 0
+        images = torch.cat(list(self._pool))
+        latents = self.vae.encode_latents(images).float()
+        candidates = scale_residuals(self.vae.quantizer, latents, self.vae.scales)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.global_step)
+        rows = restart_dead_codes(codebook, dead, candidates, generator, self.codebook_settings.restart_noise)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast(codebook.weight.data, src=0)
+        reset_optimizer_rows(self._optimizers()[0].optimizer, codebook.weight, rows)
+        logger.debug("step %d: restarted %d dead codes", self.global_step, rows.numel())
+        return int(rows.numel())
+
+    # -- validation ----------------------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val_counts = torch.zeros_like(self._val_counts)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        reconstructions, quantized = self.vae(images)
+        reconstructions = reconstructions.float().clamp(-1.0, 1.0)
+        targets = images.float()
+        pixel = reconstruction_loss(reconstructions, targets, self.loss_settings.l1_weight, self.loss_settings.l2_weight)
+        self.val_psnr.update((reconstructions + 1) / 2, (targets + 1) / 2)
+        self.val_ssim.update((reconstructions + 1) / 2, (targets + 1) / 2)
+        self._val_counts += quantized.code_counts.detach().to("cpu", torch.float64)
+        self.log("val/pixel_loss", pixel, on_epoch=True, sync_dist=True, batch_size=images.shape[0])
+        self.log("val/psnr", self.val_psnr, on_epoch=True, prog_bar=True)
+        self.log("val/ssim", self.val_ssim, on_epoch=True)
+        if batch_idx == 0:
+            return {"images": targets[: self.grid_images], "reconstructions": reconstructions[: self.grid_images]}
+        return {}
+
+    def on_validation_epoch_end(self) -> None:
+        counts = self._reduce_counts(self._val_counts.to(self.device)).cpu()
+        usage = (counts > 0).double().mean(dim=1)
+        values = {f"val/codebook/usage_s{k}": float(usage[k]) for k in range(len(usage))}
+        values["val/codebook/usage_all"] = float((counts.sum(0) > 0).double().mean())
+        self.log_dict(values, on_epoch=True)
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["codebook_health"] = {
+            "train_usage": self.train_usage.state_dict(),
+            "restart_usage": self.restart_usage.state_dict(),
+            "pool": [t.detach().cpu() for t in self._pool],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        health = checkpoint.get("codebook_health")
+        if not health:
+            return
+        self.train_usage.load_state_dict(health["train_usage"])
+        self.restart_usage.load_state_dict(health["restart_usage"])
+        self._pool.clear()
+        for tensor in health["pool"]:
+            self._pool.append(tensor.to(self.device))

@@ -1,0 +1,380 @@
+"""``VARModule``: the Lightning system of the transformer stage (VAR paper, Sec. 3.2 and Sec. 4 "Training").
+
+A thin shell over the plain :class:`~varkit.models.var.VAR` transformer: it turns a batch into token targets and
+teacher-forcing inputs through a frozen tokenizer, computes the cross-entropy over all scales (optionally with
+label smoothing and progressive growth over scales, as in the reference's ``pg`` option), logs per-scale loss
+and accuracy, and owns the optimiser (AdamW with no decay on norms/biases/embeddings) and its schedule.
+
+Batches are ``(inputs, labels)`` where ``inputs`` is either
+
+* token indices — flat ``(b, L)`` int64 or a per-scale list ``[(b, h_k * w_k), ...]`` (pre-tokenized shards,
+  :class:`varkit.data.TokenDataModule`), or
+* images ``(b, 3, H, W)`` in ``[-1, 1]`` (:class:`varkit.data.WebDataModule`), tokenized on the fly.
+
+The tokenizer is not a registered sub-module: checkpoints hold the transformer only, and the tokenizer is
+reloaded from its own directory. EMA, sample grids and throughput live in :mod:`varkit.lit.var_callbacks`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from varkit.contracts import Scales
+from varkit.lit.optim import ScheduleSpec, build_adamw, lr_factor, param_groups, scaled_learning_rate, weight_decay_at
+from varkit.models.var import VAR
+
+__all__ = ["DEFAULT_LOSS", "DEFAULT_OPTIM", "DEFAULT_PROGRESSIVE", "VARModule", "training_flops_per_sample"]
+
+logger = logging.getLogger(__name__)
+
+#: the reference recipe (VAR ``utils/arg_util.py``): tblr 1e-4, twd 0.05, tclip 2, betas (0.9, 0.95), lin0
+DEFAULT_OPTIM: dict[str, Any] = {
+    "base_lr": 1e-4,
+    "reference_batch": 256,
+    "lr": None,
+    "batch_size": None,
+    "weight_decay": 0.05,
+    "weight_decay_end": None,
+    "betas": [0.9, 0.95],
+    "eps": 1e-8,
+    "fused": None,
+    "grad_clip": 2.0,
+    "schedule": "lin0",
+    "total_steps": None,
+    "warmup_steps": None,
+    "warmup_fraction": 0.02,
+    "warmup_start": 0.005,
+    "final_ratio": 0.01,
+}
+DEFAULT_LOSS: dict[str, Any] = {"label_smoothing": 0.0}
+#: progressive training over scales (reference ``pg``/``pg0``/``pgwp``): off when ``fraction`` is 0
+DEFAULT_PROGRESSIVE: dict[str, Any] = {"fraction": 0.0, "start_scale": 4, "scale_warmup_steps": 0}
+
+
+def _merged(defaults: Mapping[str, Any], given: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown {what} option(s) {', '.join(unknown)}; known: {', '.join(sorted(defaults))}")
+    return {**defaults, **given}
+
+
+def training_flops_per_sample(model: VAR, length: int | None = None) -> float:
+    """Approximate training FLOPs per sample (forward + backward = 3x forward) of a teacher-forced step.
+
+    Counts the per-token matrix multiplications (attention projections, MLP, head, word embedding) and the
+    attention scores/values over the dense ``length x length`` block-causal mask; the per-sample adaLN
+    projections are negligible and left out.
+    """
+    length = model.scales.total_tokens if length is None else length
+    per_token = 0
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and "adaln" not in name and "head_norm" not in name:
+            per_token += module.in_features * module.out_features
+    forward = 2.0 * per_token * length + 4.0 * model.depth * length * length * model.width
+    return 3.0 * forward
+
+
+class VARModule(L.LightningModule):
+    """Lightning system training a :class:`VAR` on a frozen tokenizer's token maps.
+
+    Args:
+        model: :class:`VAR` constructor arguments (a ``conf/model`` node; ``scales``, ``codebook_size`` and
+            ``code_dim`` must already come from the tokenizer — see :func:`varkit.cli.train.model_arguments`).
+        optim: optimiser/schedule options (:data:`DEFAULT_OPTIM`; ``batch_size`` is the per-device batch used for
+            the learning-rate scaling rule, ``total_steps`` defaults to the trainer's ``max_steps``).
+        loss: ``label_smoothing``.
+        progressive: progressive training over scales (:data:`DEFAULT_PROGRESSIVE`).
+        compile: ``torch.compile`` the transformer's training forward (``True`` or compile keyword arguments).
+        seed: base seed of this module's own randomness (class dropout), mixed with the rank.
+        tokenizer: the frozen VQ-VAE (not saved in checkpoints; pass it again when loading for training).
+        tokenizer_path: where the tokenizer was loaded from (recorded in the hyper-parameters).
+    """
+
+    def __init__(
+        self,
+        model: Mapping[str, Any],
+        optim: Mapping[str, Any] | None = None,
+        loss: Mapping[str, Any] | None = None,
+        progressive: Mapping[str, Any] | None = None,
+        compile: bool | Mapping[str, Any] = False,
+        seed: int = 0,
+        tokenizer: nn.Module | None = None,
+        tokenizer_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        model_args = {str(k): v for k, v in dict(model).items()}
+        optim_args = _merged(DEFAULT_OPTIM, optim, "optim")
+        loss_args = _merged(DEFAULT_LOSS, loss, "loss")
+        progressive_args = _merged(DEFAULT_PROGRESSIVE, progressive, "progressive")
+        compile_args: bool | dict[str, Any] = dict(compile) if isinstance(compile, Mapping) else bool(compile)
+        # plain containers only: checkpoints must load with torch.load(weights_only=True)
+        self.save_hyperparameters(
+            {
+                "model": model_args,
+                "optim": optim_args,
+                "loss": loss_args,
+                "progressive": progressive_args,
+                "compile": compile_args,
+                "seed": int(seed),
+                "tokenizer_path": tokenizer_path,
+            }
+        )
+        self.model = VAR.from_config(model_args)
+        self.scales: Scales = self.model.scales
+        self.__dict__["tokenizer"] = tokenizer  # deliberately not a registered sub-module (see module docstring)
+        if tokenizer is not None:
+            self._check_tokenizer(tokenizer)
+        self.__dict__["_train_forward"] = self.model
+        self._generator: torch.Generator | None = None
+        self._pending_rng: dict[str, Any] | None = None
+        bounds = self.scales.offsets
+        self._scale_bounds = [(bounds[k], bounds[k + 1]) for k in range(self.scales.num_scales)]
+
+    # -- set-up ---------------------------------------------------------------------------------------------------
+    def _check_tokenizer(self, tokenizer: nn.Module) -> None:
+        scales = Scales.of(tokenizer.scales)  # type: ignore[arg-type]
+        quantizer = tokenizer.quantizer  # type: ignore[union-attr]
+        if scales != self.scales:
+            raise ValueError(f"the transformer's scales {self.scales.describe()} differ from the tokenizer's")
+        if int(quantizer.codebook_size) != self.model.codebook_size or int(quantizer.code_dim) != self.model.code_dim:
+            raise ValueError("the transformer's codebook_size/code_dim differ from the tokenizer's")
+
+    def set_tokenizer(self, tokenizer: nn.Module) -> None:
+        """Attach the frozen tokenizer (e.g. after ``load_from_checkpoint``)."""
+        self._check_tokenizer(tokenizer)
+        self.__dict__["tokenizer"] = tokenizer
+
+    def configure_model(self) -> None:
+        compile_args = self.hparams["compile"]
+        if compile_args and self.__dict__["_train_forward"] is self.model:
+            options = compile_args if isinstance(compile_args, dict) else {}
+            # compiled separately so that the state-dict keys stay ``model.*`` (no ``_orig_mod.`` prefix)
+            self.__dict__["_train_forward"] = torch.compile(self.model, **options)
+
+    def on_fit_start(self) -> None:
+        tokenizer = self.__dict__.get("tokenizer")
+        if tokenizer is None:
+            raise RuntimeError("VARModule needs its frozen tokenizer: pass tokenizer= or call set_tokenizer()")
+        tokenizer.to(self.device)
+
+    def _class_dropout_generator(self) -> torch.Generator:
+        if self._generator is None or self._generator.device != self.device:
+            from varkit.data.streaming import mix_seed
+
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(mix_seed(self.hparams["seed"], self.global_rank, 7))  # per-rank stream
+            if self._pending_rng is not None and "class_dropout" in self._pending_rng:
+                generator.set_state(self._pending_rng["class_dropout"].cpu())
+            self._generator = generator
+        return self._generator
+
+    # -- batches --------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def token_maps(self, inputs: Tensor | Sequence[Tensor]) -> list[Tensor]:
+        """Per-scale token indices ``[(b, h_k * w_k), ...]`` from tokens (flat or per scale) or images."""
+        if isinstance(inputs, (list, tuple)):
+            return [t.long() for t in inputs]
+        if inputs.is_floating_point():
+            tokenizer = self.__dict__["tokenizer"]
+            with torch.autocast(device_type=inputs.device.type, enabled=False):
+                return list(tokenizer.tokenize(inputs.float(), self.scales))
+        if inputs.shape[1] != self.scales.total_tokens:
+            raise ValueError(f"token batch has {inputs.shape[1]} tokens per sample, scales need {self.scales.total_tokens}")
+        return list(inputs.long().split(list(self.scales.token_counts), dim=1))
+
+    @torch.no_grad()
+    def teacher_forcing(self, indices: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """``(targets (b, L), transformer inputs (b, L - first, code_dim))`` from per-scale indices."""
+        quantizer = self.__dict__["tokenizer"].quantizer
+        with torch.autocast(device_type=indices[0].device.type, enabled=False):
+            inputs = quantizer.teacher_forcing_inputs(list(indices), self.scales)
+        return torch.cat(list(indices), dim=1), inputs
+
+    # -- progressive training -------------------------------------------------------------------------------------
+    def progressive_stage(self, step: int) -> int:
+        """Index of the finest scale trained at ``step`` (the reference's ``prog_si``); ``K - 1`` when off.
+
+        During warm-up the stage is ``start_scale``; it then grows linearly to the last scale at
+        ``fraction * total_steps``.
+        """
+        options = self.hparams["progressive"]
+        last = self.scales.num_scales - 1
+        if options["fraction"] <= 0:
+            return last
+        total = self._total_steps()
+        warmup = self._warmup_steps(total)
+        start = min(int(options["start_scale"]), last)
+        end_step = options["fraction"] * total
+        if step <= warmup:
+            return start
+        if step >= end_step:
+            return last
+        progress = min(max((step - warmup) / max(end_step - warmup, 1), 0.0), 1.0)
+        return start + round(progress * (last - start))
+
+    def _stage_warmup_weight(self, stage: int, step: int) -> float:
+        warmup = self.hparams["progressive"]["scale_warmup_steps"]
+        if warmup <= 0 or stage == self.progressive_stage(0) or stage == self.scales.num_scales - 1:
+            return 1.0
+        first = step
+        while first > 0 and self.progressive_stage(first - 1) == stage:
+            first -= 1
+        return min(max((step - first + 1) / warmup, 0.01), 1.0)
+
+    # -- steps ----------------------------------------------------------------------------------------------------
+    def forward(self, labels: Tensor, inputs: Tensor) -> Tensor:
+        """Teacher-forced logits (see :meth:`VAR.forward`)."""
+        return self.model(labels, inputs)
+
+    def training_step(self, batch: tuple[Any, Tensor], batch_idx: int) -> Tensor:
+        if self._pending_rng is not None:  # first step after a resume: continue the random streams exactly
+            if "torch" in self._pending_rng:
+                torch.set_rng_state(self._pending_rng["torch"].cpu())  # global RNG (drop path)
+            self._generator = None
+            self._class_dropout_generator()
+            self._pending_rng = None
+        inputs, labels = batch
+        targets, tf_inputs = self.teacher_forcing(self.token_maps(inputs))
+        stage = self.progressive_stage(self.global_step)
+        end = self._scale_bounds[stage][1]
+        targets = targets[:, :end]
+        tf_inputs = tf_inputs[:, : end - self.scales.first_tokens]
+        logits = self.__dict__["_train_forward"](labels, tf_inputs, generator=self._class_dropout_generator())
+        smoothing = float(self.hparams["loss"]["label_smoothing"])
+        per_token = F.cross_entropy(logits.transpose(1, 2), targets, label_smoothing=smoothing, reduction="none")
+        weights = torch.full((end,), 1.0 / self.scales.total_tokens, device=logits.device)
+        if stage < self.scales.num_scales - 1:
+            begin = self._scale_bounds[stage][0]
+            weights[begin:end] *= self._stage_warmup_weight(stage, self.global_step)
+            self.log("train/progressive_stage", float(stage), on_step=True)
+        loss = (per_token * weights).sum(dim=1).mean()
+        self.log("train/loss", loss, on_step=True, prog_bar=True)
+        self._log_scale_metrics("train", logits.detach(), targets, per_token.detach() if smoothing == 0 else None)
+        return loss
+
+    def validation_step(self, batch: tuple[Any, Tensor], batch_idx: int) -> None:
+        inputs, labels = batch
+        targets, tf_inputs = self.teacher_forcing(self.token_maps(inputs))
+        logits = self.model(labels, tf_inputs)
+        self._log_scale_metrics("val", logits, targets, None, sync_dist=True, per_scale=True)
+
+    @torch.no_grad()
+    def _log_scale_metrics(
+        self,
+        split: str,
+        logits: Tensor,
+        targets: Tensor,
+        per_token: Tensor | None,
+        *,
+        sync_dist: bool = False,
+        per_scale: bool = True,
+    ) -> None:
+        """Cross-entropy and accuracy (%), mean over all tokens and over the last scale, and per scale."""
+        if per_token is None:
+            per_token = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
+        correct = (logits.argmax(dim=-1) == targets).float() * 100.0
+        on_step = split == "train"
+        options = {"on_step": on_step, "on_epoch": not on_step, "sync_dist": sync_dist}
+        self.log(f"{split}/ce", per_token.mean(), **options)
+        self.log(f"{split}/acc", correct.mean(), prog_bar=split == "train", **options)
+        length = targets.shape[1]
+        if length == self.scales.total_tokens:
+            last = self._scale_bounds[-1][0]
+            self.log(f"{split}/ce_last", per_token[:, last:].mean(), **options)
+            self.log(f"{split}/acc_last", correct[:, last:].mean(), **options)
+        if per_scale:
+            for k, (begin, end) in enumerate(self._scale_bounds):
+                if end > length:
+                    break
+                self.log(f"{split}/ce_s{k}", per_token[:, begin:end].mean(), **options)
+                self.log(f"{split}/acc_s{k}", correct[:, begin:end].mean(), **options)
+
+    # -- optimisation ---------------------------------------------------------------------------------------------
+    def _total_steps(self) -> int:
+        total = self.hparams["optim"]["total_steps"]
+        if total is None:
+            total = self.trainer.max_steps if self._trainer is not None else -1
+        if total is None or int(total) <= 0:
+            raise ValueError("the schedule needs a step count: set trainer.max_steps (or optim.total_steps)")
+        return int(total)
+
+    def _warmup_steps(self, total: int) -> int:
+        options = self.hparams["optim"]
+        if options["warmup_steps"] is not None:
+            return int(options["warmup_steps"])
+        return round(float(options["warmup_fraction"]) * total)
+
+    def learning_rate(self) -> float:
+        """Peak learning rate: ``optim.lr``, or ``base_lr * global_batch / reference_batch``."""
+        options = self.hparams["optim"]
+        if options["lr"] is not None:
+            return float(options["lr"])
+        batch = options["batch_size"]
+        if batch is None:
+            raise ValueError("optim.batch_size (the per-device batch) is needed to scale the learning rate")
+        trainer = self.trainer
+        global_batch = int(batch) * trainer.world_size * int(trainer.accumulate_grad_batches)
+        return scaled_learning_rate(float(options["base_lr"]), global_batch, int(options["reference_batch"]))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        options = self.hparams["optim"]
+        total = self._total_steps()
+        spec = ScheduleSpec(
+            total_steps=total,
+            warmup_steps=min(self._warmup_steps(total), total),
+            kind=str(options["schedule"]),
+            warmup_start=float(options["warmup_start"]),
+            final_ratio=float(options["final_ratio"]),
+        )
+        peak = self.learning_rate()
+        logger.info("peak learning rate %.3g, %s schedule over %d steps (%d warm-up)", peak, spec.kind, total, spec.warmup_steps)
+        groups = param_groups(self.model, float(options["weight_decay"]))
+        optimizer = build_adamw(groups, peak, options["betas"], float(options["eps"]), options["fused"])
+
+        def factor(step: int) -> float:  # a plain function: LambdaLR then stores nothing for it in checkpoints
+            return lr_factor(step, spec)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        options = self.hparams["optim"]
+        start = float(options["weight_decay"])
+        end = start if options["weight_decay_end"] is None else float(options["weight_decay_end"])
+        decay = weight_decay_at(self.global_step, self._total_steps(), start, end)
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["weight_decay"] = decay * group.get("weight_decay_scale", 1.0)
+            self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True)
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip the global gradient norm to ``optim.grad_clip`` (or the trainer's value) and log it."""
+        limit = gradient_clip_val if gradient_clip_val is not None else self.hparams["optim"]["grad_clip"]
+        limit = float(limit) if limit is not None and float(limit) > 0 else float("inf")
+        parameters = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(parameters, limit)
+        self.log("train/grad_norm", norm.full_tensor() if hasattr(norm, "full_tensor") else norm, on_step=True)
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if self._generator is not None:
+            states["class_dropout"] = self._generator.get_state()
+        checkpoint["varkit_rng"] = states
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._pending_rng = dict(checkpoint.get("varkit_rng", {})) or None
+        self._generator = None

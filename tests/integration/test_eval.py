@@ -1,0 +1,138 @@
+"""``varkit eval`` end to end on the demo data with small real networks (tiny VAR + VQ-VAE, `tiny` extractor)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from varkit.cli import main
+from varkit.evaluation.npz import load_samples_npz, save_reference_npz
+from varkit.evaluation.stats import iter_shard_images
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from varkit.data.demo import generate_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    generate_demo(out, image_size=16, train_per_class=1, val_per_class=8, train_shards=1, val_shards=2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from varkit.checkpoint.io import save_pretrained
+    from varkit.models.var import VAR
+    from varkit.models.vqvae import vqvae_preset
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("checkpoints")
+    save_pretrained(vqvae_preset("vqvae_tiny"), out / "vqvae")
+    save_pretrained(VAR.from_preset("var_tiny"), out / "var")
+    return out / "var", out / "vqvae"
+
+
+def _eval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *overrides: str) -> tuple[int, dict, str]:
+    monkeypatch.setenv("VARKIT_HOME", str(tmp_path))
+    run_dir = tmp_path / "run"
+    code = main(["eval", f"hydra.run.dir={run_dir}", "device=cpu", "reference.image_size=16", *overrides])
+    result = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").is_file() else {}
+    table = (run_dir / "table.md").read_text() if (run_dir / "table.md").is_file() else ""
+    return code, result, table
+
+
+@pytest.mark.slow
+def test_eval_generates_from_checkpoints_and_renders_the_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_dir: Path, checkpoints: tuple[Path, Path], capsys
+) -> None:
+    var_dir, vqvae_dir = checkpoints
+    code, result, table = _eval(
+        tmp_path,
+        monkeypatch,
+        f"checkpoint.var={var_dir}",
+        f"checkpoint.vqvae={vqvae_dir}",
+        f"reference.path={demo_dir / 'val'}",
+        "generate.per_class=2",
+        "generate.batch_size=10",
+        "metrics.kid_subsets=10",
+        "table.model=varkit-tiny",
+        "table.time_baseline=varkit-tiny",
+    )
+    assert code == 0
+    metrics, timing = result["metrics"], result["timing"]
+    assert metrics["num_samples"] == 20 and metrics["num_reference"] == 80
+    assert metrics["fid"] > 0 and metrics["inception_score"] >= 1.0
+    assert metrics["kid"] is not None and 0.0 <= metrics["precision"] <= 1.0 and 0.0 <= metrics["recall"] <= 1.0
+    assert timing["num_images"] == 20 and timing["seconds_per_image"] > 0 and timing["images_per_second"] > 0
+    assert timing["settings"]["batch_size"] == 10 and timing["settings"]["cfg"] == 1.5
+    assert result["extractor"].startswith("tiny:")
+    # the paper's rows, then ours, timed relative to itself
+    assert "| VAR | VAR-d36 | 2.63 | 303.2 | 1 |" in table
+    assert f"| VAR | varkit-tiny | {metrics['fid']:.2f} | {metrics['inception_score']:.1f} | 1 |" in table
+    samples = load_samples_npz(tmp_path / "run" / "samples.npz")
+    assert samples.shape == (20, 16, 16, 3) and samples.dtype == np.uint8
+    assert "s/image" in capsys.readouterr().out
+    # reference statistics were cached: a second run finds them
+    assert len(list((tmp_path / "data" / "eval_cache").glob("reference-*.npz"))) == 1
+
+
+def test_eval_of_the_reference_images_themselves_gives_zero_fid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_dir: Path
+) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    images = list(iter_shard_images(sorted(str(p) for p in (demo_dir / "val").glob("*.tar")), 16))
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i:05d}.png")
+    code, result, table = _eval(
+        tmp_path,
+        monkeypatch,
+        "samples.source=folder",
+        f"samples.path={folder}",
+        f"reference.path={demo_dir / 'val'}",
+        "literature=none",
+        "metrics.kid_subsets=5",
+    )
+    assert code == 0
+    metrics = result["metrics"]
+    assert metrics["fid"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["precision"] == 1.0 and metrics["recall"] == 1.0
+    assert abs(metrics["kid"]) < 1e-3
+    assert result["timing"] is None and table.startswith(
+        "| Type | Model | FID↓ | IS↑ | Time |\n|---|---|---|---|---|\n| VAR"
+    )
+
+
+def test_eval_reads_adm_npz_samples_against_a_reference_npz(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from varkit.evaluation import TinyExtractor, gaussian_statistics
+
+    rng = np.random.default_rng(0)
+    samples = rng.integers(0, 256, size=(12, 16, 16, 3), dtype=np.uint8)
+    np.savez(tmp_path / "samples.npz", arr_0=samples)
+    extractor = TinyExtractor()
+    features = rng.normal(size=(30, extractor.feature_dim))
+    mu, sigma = gaussian_statistics(features)
+    save_reference_npz(tmp_path / "ref.npz", mu=mu, sigma=sigma, extractor=extractor.fingerprint)
+    code, result, _ = _eval(
+        tmp_path,
+        monkeypatch,
+        "samples.source=npz",
+        f"samples.path={tmp_path / 'samples.npz'}",
+        "reference.source=npz",
+        f"reference.path={tmp_path / 'ref.npz'}",
+    )
+    assert code == 0
+    metrics = result["metrics"]
+    assert metrics["num_samples"] == 12 and metrics["fid"] > 0
+    assert metrics["kid"] is None and metrics["notes"]  # mu/sigma only: no per-image reference features
+
+
+def test_eval_without_checkpoints_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    code, _, _ = _eval(tmp_path, monkeypatch)
+    assert code == 2
+    assert "needs checkpoint.var and checkpoint.vqvae" in capsys.readouterr().err
