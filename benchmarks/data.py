@@ -75,12 +75,13 @@ def preparation_times(images_dir: Path, tokens_dir: Path, repeats: int) -> tuple
 
     vae = vqvae_preset("vqvae_f16").eval()
     quantizer, scales = vae.quantizer, vae.scales
-    image_dm = WebDataModule(str(images_dir), image_size=256, batch_size=8, shuffle_buffer=0)
-    token_dm = TokenDataModule(str(tokens_dir), batch_size=8, shuffle_buffer=0, per_scale=True)
+    image_dm = WebDataModule(str(images_dir), image_size=256, batch_size=8, shuffle_buffer=0, drop_last=False)
+    token_dm = TokenDataModule(str(tokens_dir), batch_size=8, shuffle_buffer=0, per_scale=True, drop_last=False)
     image_dm.setup("fit")
     token_dm.setup("fit")
 
     def timed(step) -> float:
+        step()  # warm-up: loader start, first-call allocations
         times = []
         for _ in range(repeats):
             start = time.perf_counter()

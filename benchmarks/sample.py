@@ -86,7 +86,9 @@ def run_one(depth: int, batch: int, variant: str, runs: int, decode: bool, cfg: 
         return middle - start, time.perf_counter() - middle
 
     once(0)  # warm-up (allocator, oneDNN primitive caches, compilation)
+    cpu0 = time.process_time()
     times = [once(seed) for seed in range(1, runs + 1)]
+    cpu_per_run = (time.process_time() - cpu0) / runs
     gen_times, dec_times = [t[0] for t in times], [t[1] for t in times]
     scales = var.scales
     flops = transformer_flops(depth, var.width, list(scales.token_counts), rows=2 * batch if cfg else batch)
@@ -99,6 +101,7 @@ def run_one(depth: int, batch: int, variant: str, runs: int, decode: bool, cfg: 
         "decode_s": statistics.median(dec_times),
         "total_s": statistics.median(g + d for g, d in times),
         "per_image_s": statistics.median(g + d for g, d in times) / batch,
+        "cpu_s": cpu_per_run,
         "gflops": flops / gen_median / 1e9,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "runs": runs,
@@ -125,7 +128,7 @@ def main() -> None:
         f"median of {args.runs} runs{'' if decode else ' (no decode)'}"
     )
     header = f"{'batch':>5} {'variant':>13} {'transformer s':>13} {'decode s':>9} {'total s':>8} {'per image s':>11}"
-    print(header + f" {'GFLOP/s':>8} {'peak RSS GiB':>12}")
+    print(header + f" {'CPU s':>7} {'GFLOP/s':>8} {'peak RSS GiB':>12}")
     for batch in args.batch:
         for variant in args.variants:
             cmd = [sys.executable, __file__, "--child", "--depth", str(args.depth), "--batch", str(batch)]
@@ -139,7 +142,7 @@ def main() -> None:
             r = json.loads(lines[-1].removeprefix("RESULT "))
             print(
                 f"{batch:>5} {variant:>13} {r['transformer_s']:>13.3f} {r['decode_s']:>9.3f} {r['total_s']:>8.3f} "
-                f"{r['per_image_s']:>11.3f} {r['gflops']:>8.0f} {r['peak_rss_gib']:>12.2f}",
+                f"{r['per_image_s']:>11.3f} {r['cpu_s']:>7.2f} {r['gflops']:>8.0f} {r['peak_rss_gib']:>12.2f}",
                 flush=True,
             )
 

@@ -70,10 +70,14 @@ def main() -> None:
             rows.append(("tokenize bf16 autocast", median_seconds(tokenize_autocast, args.repeats)))
         reference = vae.decode_latents(latents)
         vae.decoder_to(torch.bfloat16)
-        rows.append(("decode bf16 weights + channels_last", median_seconds(lambda: vae.decode_latents(latents), args.repeats)))
+        rows.append(
+            ("decode bf16 weights + channels_last", median_seconds(lambda: vae.decode_latents(latents), args.repeats))
+        )
         error = (vae.decode_latents(latents) - reference).abs().max().item()
 
-    print(f"{args.preset}: {height}x{width} images, batch {args.batch}, {args.threads} threads, median of {args.repeats}")
+    print(
+        f"{args.preset}: {height}x{width} images, batch {args.batch}, {args.threads} threads, median of {args.repeats}"
+    )
     print(f"{'what':40s} {'s/batch':>9s} {'s/image':>9s} {'speed-up':>9s}")
     base = rows[0][1]
     for name, seconds in rows:

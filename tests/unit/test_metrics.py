@@ -399,3 +399,17 @@ def test_reference_from_shards_is_cached_by_shards_and_extractor(tmp_path: Path,
     # another extractor (or changed shards) is another key: recomputed, so the stub fails
     with pytest.raises(AssertionError, match="recomputed"):
         reference_from_shards(urls, TinyExtractor(feature_dim=8, seed=3), image_size=16, cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.gpu
+def test_metrics_and_features_on_cuda_match_cpu() -> None:
+    rng = np.random.default_rng(14)
+    real, fake = rng.normal(size=(300, 16)), rng.normal(size=(200, 16)) + 0.2
+    assert M.precision_recall(real, fake, device="cuda") == M.precision_recall(real, fake)
+    extractor = TinyExtractor()
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    from varkit.evaluation.features import extract_features
+
+    cpu_pool, _ = extract_features(extractor, [images])
+    gpu_pool, _ = extract_features(extractor.to("cuda"), [images], device="cuda")
+    torch.testing.assert_close(gpu_pool, cpu_pool, rtol=1e-4, atol=1e-4)

@@ -1,4 +1,4 @@
-"""Multi-scale quantizers: conformance of every registered one, and msvq/msfsq/φ behaviour against plain re-derivations."""
+"""Multi-scale quantizers: every registered one conforms; msvq, msfsq and φ match plain re-derivations."""
 
 from __future__ import annotations
 

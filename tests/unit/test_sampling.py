@@ -119,3 +119,14 @@ def test_smooth_temperature_schedule() -> None:
     assert smooth_temperature(0.0) == pytest.approx(0.27)
     assert smooth_temperature(1.0) == pytest.approx(0.27 * 0.05)
     assert smooth_temperature(5.0) == 0.005
+
+
+def test_top_k_fast_path_samples_the_same_distribution_as_full_filtering() -> None:
+    gen = torch.Generator().manual_seed(0)
+    row = torch.randn(50, generator=gen) * 2
+    logits = row.expand(40000, 50)
+    fast = sample_tokens(logits, top_k=7, top_p=0.6, generator=torch.Generator().manual_seed(1))
+    expected = filter_logits(row[None], top_k=7, top_p=0.6).softmax(-1)[0].double()
+    freq = torch.bincount(fast, minlength=50).double() / fast.numel()
+    assert torch.equal(freq > 0, expected > 0)
+    assert torch.allclose(freq, expected, atol=0.01)

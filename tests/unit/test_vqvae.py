@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from varkit import Scales
 from varkit.checkpoint.vqvae import (
     OFFICIAL_VQVAE_KEY_RULES,
     CheckpointKeyError,

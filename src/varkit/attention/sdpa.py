@@ -5,7 +5,8 @@ Two ways to honour the block-causal structure:
 * ``mask_strategy="dense"`` — one call with the cached boolean ``(len_q, len_k)`` mask (what the reference does
   with its additive bias);
 * ``mask_strategy="per_scale"`` — one mask-free call per scale over its key prefix (exact; lets mask-free
-  backends such as FlashAttention train VAR).
+  backends such as FlashAttention train VAR). On CPU it is slower (forward ~1.2x, forward+backward ~2-3x at
+  VAR-d16 shapes, ``benchmarks/attention.py``), hence not the default.
 
 ``backend`` pins one SDPA backend through :func:`torch.nn.attention.sdpa_kernel`; ``None`` lets PyTorch choose.
 A pinned backend declares what it can do, so an impossible request is a :class:`CapabilityError` up front instead

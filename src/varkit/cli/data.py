@@ -100,7 +100,10 @@ def _tokenize(args: argparse.Namespace) -> int:
     from varkit.checkpoint import from_pretrained
     from varkit.data.tokens import write_token_shards
 
+    from varkit.models.vqvae import VQVAE
+
     model = from_pretrained(args.tokenizer, expect="vqvae", device=args.device)
+    assert isinstance(model, VQVAE)
     image_size = args.image_size or model.image_size[0]
     summary = write_token_shards(
         model.tokenize,
@@ -108,7 +111,7 @@ def _tokenize(args: argparse.Namespace) -> int:
         args.output,
         image_size=image_size,
         codebook_size=int(model.quantizer.codebook_size),
-        scales=[tuple(s) for s in model.scales.sizes],
+        scales=[(int(h), int(w)) for h, w in model.scales.sizes],
         flip=args.flip,
         mid_reso=args.mid_reso,
         batch_size=args.batch_size,

@@ -27,8 +27,8 @@ HELP = "run the whole pipeline on the built-in demo data (data -> tokenizer -> t
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="quickstart", help="folder for data/ and runs/ (default: ./quickstart)")
-    parser.add_argument("--tokenizer-steps", type=int, default=1500, help="tokenizer training steps")
-    parser.add_argument("--steps", type=int, default=1500, help="transformer training steps")
+    parser.add_argument("--tokenizer-steps", type=int, default=600, help="tokenizer training steps")
+    parser.add_argument("--steps", type=int, default=800, help="transformer training steps")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size of both training stages")
     parser.add_argument("--train-per-class", type=int, default=400, help="demo training images per class")
     parser.add_argument("--val-per-class", type=int, default=20, help="demo validation images per class")
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         (
             "transformer",
             [
-                "train", *common, f"trainer.max_steps={args.steps}", f"data.batch_size={args.batch_size}",
+                "train", "experiment=quickstart", *common, f"trainer.max_steps={args.steps}", f"data.batch_size={args.batch_size}",
                 f"tokenizer.path={tokenizer_dir}", f"export.classes={data / 'demo' / 'classes.json'}",
                 *args.overrides,
             ],

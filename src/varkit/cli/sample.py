@@ -125,7 +125,7 @@ def run(cfg: DictConfig) -> None:
     )
     elapsed = time.perf_counter() - started
     pixels = to_uint8(images)
-    output = Path(str(cfg.output))
+    output = Path(str(cfg.output)).resolve()
     output.mkdir(parents=True, exist_ok=True)
     written = []
     if cfg.pngs:

@@ -67,9 +67,8 @@ def instantiate_group(node: Any, *, wandb_mode: bool = False) -> list[Any]:
         if entry is None or "_target_" not in entry:
             continue
         if wandb_mode and str(entry["_target_"]).endswith("WandbLogger"):
-            entry = copy.deepcopy(entry)
-            with OmegaConf.read_write(entry), OmegaConf.open_dict(entry):
-                entry["mode"] = resolve_wandb_mode(entry.get("mode"))
+            entry = OmegaConf.create(OmegaConf.to_container(entry, resolve=True))
+            entry["mode"] = resolve_wandb_mode(entry.get("mode"))
         objects.append(safe_instantiate(entry))
     return objects
 

@@ -110,10 +110,10 @@ def _prepare(job: _Job, options: _Options) -> tuple[_Job, dict[str, bytes] | Non
     """Read, check and (optionally) resize one file; ``(job, fields or None, error)``."""
     try:
         raw = Path(job.path).read_bytes()
-        with Image.open(io.BytesIO(raw)) as image:
-            source_format = image.format or ""
-            image.load()
-            image = image.convert("RGB")
+        with Image.open(io.BytesIO(raw)) as opened:
+            source_format = opened.format or ""
+            opened.load()
+            image = opened.convert("RGB")
         if options.resolution is not None:
             image = center_crop(resize_shorter_side(image, options.resolution), options.resolution)
         extension = options.image_format

@@ -180,7 +180,12 @@ class ShardStream(IterableDataset):
             logger.warning("shard read error, continuing with the next shard: %s", str(error)[:300])
             return True
 
-        samples = wds.tarfile_to_samples(handler=on_shard_error)(self._shard_sources(worker, num_workers))
+        samples: Iterator[dict] = iter(
+            wds.DataPipeline(
+                lambda: self._shard_sources(worker, num_workers),
+                wds.tarfile_to_samples(handler=on_shard_error),
+            )
+        )
         if self.shuffle_buffer > 1:
             samples = _shuffled(samples, self.shuffle_buffer, random.Random(mix_seed(self.seed, self.epoch, reader, 2)))
         start = self.start_positions.get(worker, 0)

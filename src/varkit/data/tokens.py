@@ -196,7 +196,7 @@ class ScaleSplitCollate:
     """Stack flat indices and split them into the per-scale list the transformer stage consumes."""
 
     def __init__(self, scales: Sequence[tuple[int, int]]) -> None:
-        self.scales = [tuple(s) for s in scales]
+        self.scales = [(int(h), int(w)) for h, w in scales]
 
     def __call__(self, items: list[torch.Tensor]) -> list[torch.Tensor]:
         return split_scales(torch.stack(items), self.scales)

@@ -78,7 +78,7 @@ def save_reference_npz(
         arrays["extractor"] = np.array(extractor)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **arrays)
+    np.savez(path, **arrays)  # type: ignore[arg-type]
     return path
 
 

@@ -12,11 +12,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    from varkit.models.var import VAR
 
 __all__ = ["GenerationTiming", "class_labels", "generate_samples", "load_image_folder", "to_uint8_nhwc"]
 
@@ -87,7 +90,7 @@ def _synchronize(device: torch.device) -> None:
 
 
 def generate_samples(
-    var: torch.nn.Module,
+    var: VAR,
     vqvae: torch.nn.Module,
     labels: torch.Tensor,
     *,

@@ -35,6 +35,7 @@ __all__ = [
     "adm_center_crop",
     "image_batches",
     "iter_shard_images",
+    "iter_shard_samples",
     "reference_from_features",
     "reference_from_npz",
     "reference_from_shards",
@@ -71,42 +72,74 @@ def adm_center_crop(image: Image.Image, size: int) -> np.ndarray:
     image = image.convert("RGB")
     # box filtering in halving steps first: a single bicubic resize over a large factor aliases
     while min(image.size) >= 2 * size:
-        image = image.resize(tuple(side // 2 for side in image.size), resample=Image.Resampling.BOX)
+        image = image.resize((image.size[0] // 2, image.size[1] // 2), resample=Image.Resampling.BOX)
     scale = size / min(image.size)
-    image = image.resize(tuple(round(side * scale) for side in image.size), resample=Image.Resampling.BICUBIC)
+    target = (round(image.size[0] * scale), round(image.size[1] * scale))
+    image = image.resize(target, resample=Image.Resampling.BICUBIC)
     array = np.asarray(image)
     top = (array.shape[0] - size) // 2
     left = (array.shape[1] - size) // 2
     return np.ascontiguousarray(array[top : top + size, left : left + size])
 
 
-def iter_shard_images(urls: Iterable[str], image_size: int, *, limit: int | None = None) -> Iterator[np.ndarray]:
-    """``uint8`` ``(image_size, image_size, 3)`` images from webdataset tar shards, in shard order.
+def iter_shard_samples(
+    urls: Iterable[str], image_size: int, *, limit: int | None = None
+) -> Iterator[tuple[np.ndarray, int | None]]:
+    """``(uint8 (image_size, image_size, 3) image, class or None)`` from webdataset tar shards, in shard order.
 
-    Samples without an image member are skipped (counted in a log line); an unreadable image is an error, because
-    silently dropping reference images would bias the statistics.
+    Members are grouped into samples by the name up to the first dot (``KEY.png`` + ``KEY.cls``). Samples without
+    an image are skipped (counted in a log line); an unreadable image is an error, because silently dropping
+    reference images would bias the statistics.
     """
     count = skipped = 0
+
+    def finish(sample: dict[str, bytes]) -> tuple[np.ndarray, int | None] | None:
+        nonlocal skipped
+        payload = next((sample[ext] for ext in IMAGE_EXTENSIONS if ext in sample), None)
+        if payload is None:
+            skipped += 1
+            return None
+        label = int(sample["cls"].decode("ascii").strip()) if "cls" in sample else None
+        with Image.open(io.BytesIO(payload)) as image:
+            return adm_center_crop(image, image_size), label
+
     for url in urls:
+        key: str | None = None
+        sample: dict[str, bytes] = {}
         with tarfile.open(url, mode="r") as archive:
             for member in archive:
                 if not member.isfile():
                     continue
                 name = os.path.basename(member.name)
-                extension = name.split(".", 1)[1].lower() if "." in name else ""
-                if extension not in IMAGE_EXTENSIONS:
-                    if extension != "cls":
-                        skipped += 1
-                    continue
-                handle = archive.extractfile(member)
-                assert handle is not None
-                with Image.open(io.BytesIO(handle.read())) as image:
-                    yield adm_center_crop(image, image_size)
+                stem, _, extension = name.partition(".")
+                if stem != key and sample:
+                    done = finish(sample)
+                    if done is not None:
+                        yield done
+                        count += 1
+                        if limit is not None and count >= limit:
+                            return
+                    sample = {}
+                key = stem
+                if extension.lower() in (*IMAGE_EXTENSIONS, "cls"):
+                    handle = archive.extractfile(member)
+                    assert handle is not None
+                    sample[extension.lower()] = handle.read()
+        if sample:
+            done = finish(sample)
+            if done is not None:
+                yield done
                 count += 1
                 if limit is not None and count >= limit:
                     return
     if skipped:
-        logger.info("skipped %d non-image members while reading reference shards", skipped)
+        logger.info("skipped %d samples without an image while reading shards", skipped)
+
+
+def iter_shard_images(urls: Iterable[str], image_size: int, *, limit: int | None = None) -> Iterator[np.ndarray]:
+    """The images of :func:`iter_shard_samples`, without labels."""
+    for image, _ in iter_shard_samples(urls, image_size, limit=limit):
+        yield image
 
 
 def image_batches(images: Iterable[np.ndarray], batch_size: int) -> Iterator[torch.Tensor]:

@@ -77,9 +77,31 @@ def sample_tokens(
     """
     if top_k == 1:
         return logits.argmax(dim=-1)
+    if 0 < top_k < logits.shape[-1]:
+        return _sample_among_top_k(logits, top_k, top_p, temperature, generator)
     filtered = filter_logits(logits, top_k=top_k, top_p=top_p, temperature=temperature)
     probs = filtered.softmax(dim=-1).reshape(-1, logits.shape[-1])
     return torch.multinomial(probs, 1, generator=generator).view(logits.shape[:-1])
+
+
+def _sample_among_top_k(
+    logits: Tensor, top_k: int, top_p: float, temperature: float, generator: torch.Generator | None
+) -> Tensor:
+    """:func:`sample_tokens` restricted to the ``top_k`` candidates: the same filters, without sorting the vocab.
+
+    Tokens outside the top k have probability 0 after :func:`filter_top_k`, so nucleus filtering and the draw only
+    need the k survivors (ties with the k-th logit, a measure-zero event for float logits, keep exactly k).
+    """
+    values, candidates = apply_temperature(logits.float(), temperature).topk(top_k, dim=-1)  # descending
+    if top_p > 0.0:
+        # reference rule on the ascending order: drop a token when it and all less likely ones hold <= 1 - p
+        ascending = values.flip(-1)
+        drop = ascending.softmax(dim=-1).cumsum(dim=-1) <= (1.0 - top_p)
+        drop[..., -1] = False
+        values = values.masked_fill(drop.flip(-1), float("-inf"))
+    probs = values.softmax(dim=-1).reshape(-1, top_k)
+    choice = torch.multinomial(probs, 1, generator=generator).view(*logits.shape[:-1], 1)
+    return candidates.gather(-1, choice).squeeze(-1)
 
 
 def gumbel_softmax(logits: Tensor, tau: float, *, generator: torch.Generator | None = None) -> Tensor:

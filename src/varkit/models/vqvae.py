@@ -176,12 +176,12 @@ class VQVAE(nn.Module):
         """
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         for module in (self.post_quant_conv, self.decoder):
-            module.to(dtype=dtype, memory_format=memory_format)
+            module.to(dtype=dtype, memory_format=memory_format)  # type: ignore[call-overload]
         return self
 
 
-#: plain-data presets in the shape of the Hydra groups: ``tokenizer`` (VQVAE arguments plus the default
-#: ``codebook_size``), ``quantizer`` (registry spec; ``codebook_size``/``code_dim`` come from the tokenizer), ``schedule``
+#: plain-data presets, the :func:`build_vqvae` arguments: ``tokenizer`` (VQVAE arguments plus the default
+#: ``codebook_size``), ``quantizer`` (registry spec; ``codebook_size``/``code_dim`` come from the tokenizer), ``scales``
 VQVAE_PRESETS: dict[str, dict[str, Any]] = {
     # the released VAR tokenizer (vae_ch160v4096z32.pth), 256px images, 16x16 latents
     "vqvae_f16": {

@@ -123,9 +123,10 @@ class SelfAttention(nn.Module):
         qkv = F.linear(x, self.qkv.weight, self.qkv_bias()).view(b, n, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if self.qk_l2_norm:
-            temperature = self.log_scale.clamp(max=MAX_LOG_SCALE).exp().to(q.dtype)
-            q = F.normalize(q, dim=-1) * temperature
-            k = F.normalize(k, dim=-1)
+            temperature = self.log_scale.clamp(max=MAX_LOG_SCALE).exp()
+            # normalize runs in float32 under autocast: cast back so q, k and v share the kernel's dtype
+            q = (F.normalize(q, dim=-1) * temperature).to(v.dtype)
+            k = F.normalize(k, dim=-1).to(v.dtype)
         if cache is not None:
             k, v = cache.append(k, v)
         dropout_p = self.attention_dropout if self.training else 0.0

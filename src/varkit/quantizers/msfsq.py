@@ -47,6 +47,13 @@ class MultiScaleFSQ(MultiScaleResidualQuantizer):
     True
     """
 
+    _levels: Tensor
+    _half_span: Tensor
+    _offset: Tensor
+    _shift: Tensor
+    _half_width: Tensor
+    _radix: Tensor
+
     def __init__(
         self,
         levels: Sequence[int] = (8, 8, 8, 6, 5),
@@ -71,7 +78,9 @@ class MultiScaleFSQ(MultiScaleResidualQuantizer):
         self.register_buffer("_half_span", half_span.float(), persistent=False)
         self.register_buffer("_offset", offset.float(), persistent=False)
         self.register_buffer("_shift", torch.atanh(offset / half_span).float(), persistent=False)
-        self.register_buffer("_half_width", torch.tensor([v // 2 for v in levels], dtype=torch.float32), persistent=False)
+        self.register_buffer(
+            "_half_width", torch.tensor([v // 2 for v in levels], dtype=torch.float32), persistent=False
+        )
         self.register_buffer("_radix", radix, persistent=False)
         self.project_in = nn.Linear(self.code_dim, len(levels))
         self.project_out = nn.Linear(len(levels), self.code_dim)

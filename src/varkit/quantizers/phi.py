@@ -73,7 +73,9 @@ class ResidualPhi(nn.Module):
     def __init__(self, channels: int, ratio: float = 0.5, count: int = 4, num_scales: int | None = None) -> None:
         super().__init__()
         if count < 0:
-            raise ValueError(f"phi_count must be >= 0 (0 = one per scale, 1 = shared, N = partially shared), got {count}")
+            raise ValueError(
+                f"phi_count must be >= 0 (0 = one per scale, 1 = shared, N = partially shared), got {count}"
+            )
         if count == 0:
             if num_scales is None or num_scales < 1:
                 raise ValueError(

@@ -78,10 +78,15 @@ def check_quantizer(
     if not isinstance(out, QuantizerOutput):
         _fail(f"forward must return a QuantizerOutput, got {type(out).__name__}")
     if out.quantized.shape != latents.shape or out.quantized.dtype != torch.float32:
-        _fail(f"quantized must be float32 {tuple(latents.shape)}, got {out.quantized.dtype} {tuple(out.quantized.shape)}")
+        _fail(
+            f"quantized must be float32 {tuple(latents.shape)}, got {out.quantized.dtype} {tuple(out.quantized.shape)}"
+        )
     _check_indices(out.indices, scales, batch_size, vocabulary, "forward")
     if tuple(out.code_counts.shape) != (num_scales, vocabulary):
-        _fail(f"code_counts must be (num_scales, codebook_size) = {(num_scales, vocabulary)}, got {tuple(out.code_counts.shape)}")
+        _fail(
+            f"code_counts must be (num_scales, codebook_size) = {(num_scales, vocabulary)}, "
+            f"got {tuple(out.code_counts.shape)}"
+        )
     for k, idx in enumerate(out.indices):
         expected = torch.bincount(idx.flatten(), minlength=vocabulary).to(out.code_counts.dtype)
         if not torch.equal(out.code_counts[k].cpu(), expected.cpu()):
@@ -124,14 +129,19 @@ def check_quantizer(
     for k, idx in enumerate(indices):
         codes = quantizer.lookup(idx)
         if tuple(codes.shape) != (batch_size, scales.token_counts[k], dim) or not torch.isfinite(codes).all():
-            _fail(f"lookup of scale {k} must be finite {(batch_size, scales.token_counts[k], dim)}, got {tuple(codes.shape)}")
+            _fail(
+                f"lookup of scale {k} must be finite {(batch_size, scales.token_counts[k], dim)}, "
+                f"got {tuple(codes.shape)}"
+            )
     teacher = quantizer.teacher_forcing_inputs(indices, scales)
     expected_len = scales.total_tokens - scales.first_tokens
     if tuple(teacher.shape) != (batch_size, expected_len, dim):
         _fail(f"teacher_forcing_inputs must be {(batch_size, expected_len, dim)}, got {tuple(teacher.shape)}")
     accumulated = torch.zeros(batch_size, dim, height, width, device=decoded.device)
     for k, idx in enumerate(indices):
-        accumulated, following = quantizer.next_scale_input(k, accumulated, _codes_map(quantizer, idx, scales.sizes[k]), scales)
+        accumulated, following = quantizer.next_scale_input(
+            k, accumulated, _codes_map(quantizer, idx, scales.sizes[k]), scales
+        )
         if k + 1 < num_scales:
             if tuple(following.shape[-2:]) != scales.sizes[k + 1]:
                 _fail(f"next_scale_input({k}) must return the next input at {scales.sizes[k + 1]}")
