@@ -59,18 +59,20 @@ def make_token_shards(folder: Path, images: Path) -> None:
     )
 
 
-def samples_per_second(datamodule, repeats: int) -> float:
+def samples_per_second(datamodule, repeats: int) -> tuple[float, float]:
+    """Median samples per wall-clock second and per CPU second of this process."""
     datamodule.setup("fit")
-    rates = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start, count = time.perf_counter(), 0
+        start, start_cpu, count = time.perf_counter(), time.process_time(), 0
         for inputs, _ in datamodule.train_dataloader():
             count += len(inputs)
-        rates.append(count / (time.perf_counter() - start))
-    return statistics.median(rates)
+        wall.append(count / (time.perf_counter() - start))
+        cpu.append(count / (time.process_time() - start_cpu))
+    return statistics.median(wall), statistics.median(cpu)
 
 
-def preparation_times(images_dir: Path, tokens_dir: Path, repeats: int) -> tuple[float, float]:
+def preparation_times(images_dir: Path, tokens_dir: Path, repeats: int) -> tuple[tuple[float, float], ...]:
     from varkit.models.vqvae import vqvae_preset
 
     vae = vqvae_preset("vqvae_f16").eval()
@@ -80,14 +82,15 @@ def preparation_times(images_dir: Path, tokens_dir: Path, repeats: int) -> tuple
     image_dm.setup("fit")
     token_dm.setup("fit")
 
-    def timed(step) -> float:
+    def timed(step) -> tuple[float, float]:
         step()  # warm-up: loader start, first-call allocations
-        times = []
+        wall, cpu = [], []
         for _ in range(repeats):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             step()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+        return statistics.median(wall), statistics.median(cpu)
 
     image_iter, token_iter = iter(image_dm.train_dataloader()), iter(token_dm.train_dataloader())
 
@@ -119,18 +122,29 @@ def main() -> None:
         jpeg_dm = WebDataModule(
             str(images_dir), image_size=256, batch_size=32, shuffle_buffer=100, hflip=True, drop_last=False
         )
-        rows.append(("256px JPEG decode + augment", f"{samples_per_second(jpeg_dm, args.repeats):,.0f} samples/s"))
+        wall, cpu = samples_per_second(jpeg_dm, args.repeats)
+        rows.append(("256px JPEG decode + augment (samples/s)", f"{wall:,.0f}", f"{cpu:,.0f}"))
         token_dm = TokenDataModule(str(tokens_dir), batch_size=32, shuffle_buffer=100, hflip=True, drop_last=False)
-        rows.append(("token shards (680 tokens)", f"{samples_per_second(token_dm, args.repeats):,.0f} samples/s"))
+        wall, cpu = samples_per_second(token_dm, args.repeats)
+        rows.append(("token shards, 680 tokens (samples/s)", f"{wall:,.0f}", f"{cpu:,.0f}"))
         if not args.skip_vqvae:
-            tokens_s, images_s = preparation_times(images_dir, tokens_dir, args.repeats)
-            rows.append(("batch of 8 from token shards", f"{tokens_s * 1e3:,.1f} ms"))
-            rows.append(("batch of 8 by vqvae_f16 encoding", f"{images_s * 1e3:,.1f} ms"))
-            rows.append(("ratio (on the fly / token shards)", f"{images_s / tokens_s:,.0f}x"))
-    width = max(len(name) for name, _ in rows)
-    print(f"{'per worker process (num_workers=0, 2 threads)':<{width}}  median of {args.repeats}")
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
+            tokens_t, images_t = preparation_times(images_dir, tokens_dir, args.repeats)
+            rows.append(("batch of 8 from token shards (ms)", f"{tokens_t[0] * 1e3:,.1f}", f"{tokens_t[1] * 1e3:,.1f}"))
+            rows.append(
+                ("batch of 8 by vqvae_f16 encoding (ms)", f"{images_t[0] * 1e3:,.0f}", f"{images_t[1] * 1e3:,.0f}")
+            )
+            rows.append(
+                (
+                    "ratio on the fly / token shards",
+                    f"{images_t[0] / tokens_t[0]:,.0f}x",
+                    f"{images_t[1] / tokens_t[1]:,.0f}x",
+                )
+            )
+    width = max(len(row[0]) for row in rows)
+    print(f"per worker process (num_workers=0, 2 threads), median of {args.repeats}; CPU = this process's CPU time")
+    print(f"{'':<{width}}  {'wall':>10}  {'CPU':>10}")
+    for name, wall_value, cpu_value in rows:
+        print(f"{name:<{width}}  {wall_value:>10}  {cpu_value:>10}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ random weights and random teacher-forcing inputs/targets. Each variant runs in i
     python benchmarks/train_step.py --depth 6 --variants fp32 --runs 5
 
 Variants: ``fp32``; ``autocast`` (float32 master weights under CPU bf16 autocast); ``*-foreach`` uses the foreach
-AdamW instead of the fused one. ``--attention`` picks the kernel spec (``sdpa`` dense mask by default).
+AdamW instead of the fused one; ``*-compile`` compiles each block with ``torch.compile`` (one graph shared by all
+blocks; the first, compiling step is excluded from the timings).
+``--attention`` picks the kernel spec (``sdpa`` dense mask by default).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-VARIANTS = ("fp32", "autocast", "fp32-foreach", "autocast-foreach")
+VARIANTS = ("fp32", "autocast", "fp32-foreach", "autocast-foreach", "fp32-compile", "autocast-compile")
 
 
 def step_flops(depth: int, width: int, tokens: int, batch: int, vocab: int = 4096) -> float:
@@ -42,6 +44,9 @@ def run_one(depth: int, batch: int, variant: str, runs: int, attention: str) -> 
 
     torch.manual_seed(0)
     model = VAR(**{**official_shape(depth), "attention": attention}).train()
+    if variant.endswith("compile"):
+        for block in model.blocks:
+            block.compile()
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=1e-4, weight_decay=0.05, betas=(0.9, 0.95), fused=not variant.endswith("foreach")
     )
@@ -95,7 +100,8 @@ def main() -> None:
         print("RESULT " + json.dumps(row), flush=True)
         return
     print(f"VAR teacher-forced AdamW step, batch {args.batch}, 680 tokens, 2 threads, median of {args.runs} runs")
-    print(f"{'model':>6} {'variant':>16} {'params M':>8} {'step s':>8} {'CPU s':>7} {'GFLOP/s':>8} {'peak RSS GiB':>12}")
+    header = f"{'model':>6} {'variant':>16} {'params M':>8} {'step s':>8} {'CPU s':>7}"
+    print(header + f" {'GFLOP/s':>8} {'peak RSS GiB':>12}")
     for depth in args.depth:
         for variant in args.variants:
             cmd = [sys.executable, __file__, "--child", "--depth", str(depth), "--batch", str(args.batch)]

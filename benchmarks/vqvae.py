@@ -6,16 +6,22 @@ quantization (``tokenize``) in float32 and under bf16 autocast. Prints medians o
 
     python benchmarks/vqvae.py                       # 2 threads, batch 1, 5 repeats
     python benchmarks/vqvae.py --batch 4 --repeats 3 --threads 2 --preset vqvae_demo
+    python benchmarks/vqvae.py --reference /work/varref   # also time the official decoder, interleaved
 
-Reference (official code, 2 quiet cores): 1.63 s fp32 / 0.58 s bf16 autocast per decoded 256px image.
+Reference (official code, 2 quiet cores with AMX): 1.63 s fp32 / 0.58 s bf16 autocast per decoded 256px image.
+bf16 only pays off on CPUs with native bf16 (AMX / AVX512-BF16); the table's header says what this CPU has.
+With ``--reference`` the official decoder (random weights of the same shape) runs alternately with varkit's,
+so the ratio stays meaningful on a busy machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -33,6 +39,32 @@ def median_seconds(run: Callable[[], object], repeats: int, warmup: int = 1) -> 
     return statistics.median(times)
 
 
+def cpu_bf16_support() -> str:
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "unknown"
+    found = sorted(flags & {"amx_bf16", "avx512_bf16"})
+    return ", ".join(found) if found else "none (bf16 is emulated: expect it slower than fp32)"
+
+
+def official_decoder(reference: Path, vae: torch.nn.Module) -> torch.nn.Module:
+    """The reference Decoder of the same shape (random weights), loaded from its checkout without its package."""
+    spec = importlib.util.spec_from_file_location("official_basic_vae", reference / "models" / "basic_vae.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = vae.config["tokenizer"]  # type: ignore[index]
+    return module.Decoder(
+        ch=config["base_channels"],
+        ch_mult=tuple(config["channel_multipliers"]),
+        num_res_blocks=config["decoder_blocks"] - 1,
+        z_channels=vae.latent_channels,
+        using_sa=config["lowest_level_attention"],
+        using_mid_sa=config["middle_attention"],
+    ).eval()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="vqvae_f16")
@@ -40,6 +72,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-encode", action="store_true")
+    parser.add_argument("--reference", type=Path, default=None, help="official VAR checkout to compare against")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -53,6 +86,15 @@ def main() -> None:
 
     rows: list[tuple[str, float]] = []
     with torch.inference_mode():
+        if args.reference is not None:
+            official = official_decoder(args.reference, vae)
+            post = vae.post_quant_conv
+            ours, theirs = [], []
+            for _ in range(args.repeats):
+                ours.append(median_seconds(lambda: vae.decode_latents(latents), 1, warmup=0))
+                theirs.append(median_seconds(lambda: official(post(latents)).clamp(-1, 1), 1, warmup=0))
+            rows.append(("decode fp32, official code (interleaved)", statistics.median(theirs)))
+            rows.append(("decode fp32, varkit (interleaved)", statistics.median(ours)))
         rows.append(("decode fp32", median_seconds(lambda: vae.decode_latents(latents), args.repeats)))
 
         def decode_autocast() -> torch.Tensor:
@@ -78,8 +120,9 @@ def main() -> None:
     print(
         f"{args.preset}: {height}x{width} images, batch {args.batch}, {args.threads} threads, median of {args.repeats}"
     )
+    print(f"native bf16 on this CPU: {cpu_bf16_support()}")
     print(f"{'what':40s} {'s/batch':>9s} {'s/image':>9s} {'speed-up':>9s}")
-    base = rows[0][1]
+    base = next(seconds for name, seconds in rows if name == "decode fp32")
     for name, seconds in rows:
         speedup = f"{base / seconds:8.2f}x" if name.startswith("decode") else ""
         print(f"{name:40s} {seconds:9.3f} {seconds / args.batch:9.3f} {speedup:>9s}")

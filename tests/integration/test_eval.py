@@ -120,18 +120,29 @@ def test_eval_reads_adm_npz_samples_against_a_reference_npz(tmp_path: Path, monk
     features = rng.normal(size=(30, extractor.feature_dim))
     mu, sigma = gaussian_statistics(features)
     save_reference_npz(tmp_path / "ref.npz", mu=mu, sigma=sigma, extractor=extractor.fingerprint)
-    code, result, _ = _eval(
+    # an earlier run's result, merged into the table as another measured row and used as the time baseline
+    earlier = {
+        "table_row": {"type": "AR", "model": "earlier", "fid": 9.0, "inception_score": 9.0, "seconds_per_image": 2}
+    }
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+    code, result, table = _eval(
         tmp_path,
         monkeypatch,
         "samples.source=npz",
         f"samples.path={tmp_path / 'samples.npz'}",
         "reference.source=npz",
         f"reference.path={tmp_path / 'ref.npz'}",
+        f"table.include=[{tmp_path / 'earlier.json'}]",
+        "table.time_baseline=earlier",
     )
     assert code == 0
     metrics = result["metrics"]
     assert metrics["num_samples"] == 12 and metrics["fid"] > 0
     assert metrics["kid"] is None and metrics["notes"]  # mu/sigma only: no per-image reference features
+    assert "| AR | earlier | 9.00 | 9.0 | 1 |" in table
+    assert "| VAR | VAR-d36 | 2.63 | 303.2 | 1 |" in table  # literature times are kept as published
+    assert f"| VAR | varkit | {metrics['fid']:.2f} |" in table  # no timing for given images: Time "—"
+    assert table.split("| VAR | varkit |")[1].split("\n")[0].endswith("| — |")
 
 
 def test_eval_without_checkpoints_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:

@@ -1,4 +1,4 @@
-"""``varkit train`` / ``varkit sample`` end to end on tiny data: artefacts, checkpoints, export, resume after SIGKILL."""
+"""``varkit train`` / ``varkit sample`` end to end on tiny data: artefacts, checkpoints, export, SIGKILL resume."""
 
 from __future__ import annotations
 

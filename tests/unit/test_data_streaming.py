@@ -226,3 +226,18 @@ def test_datamodule_reads_env_topology(tmp_path, monkeypatch):
     val = [i for images, _ in dm.val_dataloader() for i in _ids(images)]
     assert sorted(val) == sorted(ids)
     assert dm.skip_stats.total == 0
+
+
+def test_validation_uses_fewer_workers_when_shards_are_few(tmp_path):
+    root = write_dataset(tmp_path / "s", num_samples=12, per_shard=4)  # 3 shards
+    dm = WebDataModule(
+        str(root), str(root), image_size=SIZE, mid_reso=1.0, batch_size=2, num_workers=2, rank=0, world_size=2
+    )
+    with pytest.raises(ValueError, match="3 shards cannot feed 2 ranks × 2 workers"):
+        dm.setup("fit")  # training refuses: the loader position depends on the worker count
+    dm = WebDataModule(
+        None, str(root), image_size=SIZE, mid_reso=1.0, batch_size=2, num_workers=2, rank=0, world_size=2
+    )
+    loader = dm.val_dataloader()
+    assert loader.num_workers == 1
+    assert sorted(i for images, _ in loader for i in _ids(images)) == [0, 1, 2, 3, 8, 9, 10, 11]

@@ -100,7 +100,7 @@ def test_vgg_features_match_torchvision_layout(vgg_file: tuple[Path, nn.Sequenti
     path, reference = vgg_file
     assert len([e for e in VGG16_LAYOUT if not isinstance(e, int)]) == 13
     loss = LPIPSLoss.from_files(path)
-    images = torch.randn(2, 3, 32, 32)
+    images = torch.randn(2, 3, 16, 16)
     taps = loss.features(images)
     expected, hidden = [], images
     for index, module in enumerate(reference):
@@ -118,9 +118,9 @@ def test_lpips_distance_properties(vgg_file: tuple[Path, nn.Sequential], tmp_pat
     path, _ = vgg_file
     loss = LPIPSLoss.from_files(path)
     generator = torch.Generator().manual_seed(2)
-    target = torch.rand(2, 3, 32, 32, generator=generator) * 2 - 1
+    target = torch.rand(2, 3, 16, 16, generator=generator) * 2 - 1
     assert torch.allclose(loss(target, target), torch.zeros(2), atol=1e-6)
-    reconstruction = (target + 0.3 * torch.randn(2, 3, 32, 32, generator=generator)).requires_grad_(True)
+    reconstruction = (target + 0.3 * torch.randn(2, 3, 16, 16, generator=generator)).requires_grad_(True)
     distance = loss(reconstruction, target)
     assert distance.shape == (2,) and bool((distance > 0).all())
     distance.sum().backward()

@@ -235,3 +235,26 @@ def test_official_key_map_round_trip(shared_adaln: bool) -> None:
         var_from_official(bad, config)
     with pytest.raises(ValueError, match="lvl_1L"):
         var_from_official(official, {**config, "patch_nums": [1, 2, 4]})
+
+
+def test_conf_model_yaml_matches_presets() -> None:
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[2] / "conf" / "model"
+    for name, preset in VAR_PRESETS.items():
+        node = OmegaConf.to_container(OmegaConf.load(conf / f"{name}.yaml"), resolve=True)
+        assert isinstance(node, dict) and node.pop("name") == name
+        scales = node.pop("scales")
+        expected = dict(preset)
+        expected_scales = expected.pop("scales")
+        assert scales == (
+            {"name": expected_scales}
+            if isinstance(expected_scales, str)
+            else {"name": "explicit", "sizes": list(expected_scales)}
+        )
+        for key, value in expected.items():
+            assert node[key] == pytest.approx(value), (name, key)
+    tiny = OmegaConf.to_container(OmegaConf.load(conf / "var_tiny.yaml"), resolve=True)
+    assert VAR.from_config(tiny).scales == Scales.of(SCALES)  # type: ignore[arg-type]

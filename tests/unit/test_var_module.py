@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from varkit.lit.optim import ScheduleSpec, lr_factor, no_decay_names, param_groups, scaled_learning_rate, weight_decay_at
+from varkit.lit.optim import (
+    ScheduleSpec,
+    lr_factor,
+    no_decay_names,
+    param_groups,
+    scaled_learning_rate,
+    weight_decay_at,
+)
 from varkit.lit.var_callbacks import EMA
 from varkit.lit.var_module import VARModule, training_flops_per_sample
 from varkit.models.var import VAR
@@ -39,9 +47,16 @@ def _module(tokenizer: torch.nn.Module, **model_overrides) -> VARModule:
 def test_no_weight_decay_on_norms_biases_embeddings_and_tokens() -> None:
     model = VAR.from_preset("var_tiny")
     exempt = no_decay_names(model)
-    for name in ("class_embedding.weight", "start_tokens", "position_embedding.positions",
-                 "position_embedding.levels.weight", "blocks.0.attention.log_scale", "blocks.0.mlp.fc1.bias",
-                 "blocks.0.attention.q_bias", "head.bias"):
+    for name in (
+        "class_embedding.weight",
+        "start_tokens",
+        "position_embedding.positions",
+        "position_embedding.levels.weight",
+        "blocks.0.attention.log_scale",
+        "blocks.0.mlp.fc1.bias",
+        "blocks.0.attention.q_bias",
+        "head.bias",
+    ):
         assert name in exempt, name
     for name in ("blocks.0.attention.qkv.weight", "blocks.0.mlp.fc2.weight", "head.weight", "word_embedding.weight"):
         assert name not in exempt, name
@@ -71,7 +86,7 @@ def test_schedule_warms_up_then_decays_to_final_ratio(kind: str) -> None:
     assert factors[10] == pytest.approx(0.005 + 0.995 * 0.5)
     assert factors[20] == pytest.approx(1.0)
     assert factors[-1] == pytest.approx(0.01)
-    assert all(a >= b - 1e-12 for a, b in zip(factors[20:], factors[21:]))  # non-increasing after warm-up
+    assert all(a >= b - 1e-12 for a, b in itertools.pairwise(factors[20:]))  # non-increasing after warm-up
 
 
 def test_reference_lin0_schedule_value() -> None:
@@ -152,8 +167,11 @@ def test_flops_estimate_is_dominated_by_six_n_per_token() -> None:
     model = VAR.from_preset("var_demo")
     length = model.scales.total_tokens
     flops = training_flops_per_sample(model, length)
-    linear = sum(m.in_features * m.out_features for n, m in model.named_modules()
-                 if isinstance(m, torch.nn.Linear) and "adaln" not in n and "head_norm" not in n)
+    linear = sum(
+        m.in_features * m.out_features
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and "adaln" not in n and "head_norm" not in n
+    )
     assert 6 * linear * length <= flops <= 6 * linear * length * 1.5
 
 

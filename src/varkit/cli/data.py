@@ -99,7 +99,6 @@ def _tokenize(args: argparse.Namespace) -> int:
 
     from varkit.checkpoint import from_pretrained
     from varkit.data.tokens import write_token_shards
-
     from varkit.models.vqvae import VQVAE
 
     model = from_pretrained(args.tokenizer, expect="vqvae", device=args.device)

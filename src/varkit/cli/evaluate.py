@@ -169,6 +169,13 @@ def run(cfg: DictConfig) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     if timing is not None and cfg.samples.save_npz:
         save_samples_npz(output_dir / "samples.npz", images)
+    if cfg.reference.source == "shards" and images.shape[1] != int(cfg.reference.image_size):
+        logger.warning(
+            "samples are %dpx but reference images are cropped to reference.image_size=%d: set it to the "
+            "samples' resolution, or FID also measures the resolution gap",
+            images.shape[1],
+            cfg.reference.image_size,
+        )
     reference = _reference(cfg, extractor, device)
     settings = MetricSettings(**to_plain(cfg.metrics), seed=int(cfg.seed))
     metrics = evaluate_images(images, extractor, reference, settings, batch_size=int(cfg.batch_size), device=device)

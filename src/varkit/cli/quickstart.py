@@ -51,7 +51,9 @@ def _varkit(arguments: Sequence[str], log: Path) -> None:
         result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ}, check=False)
     if result.returncode != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
-        raise RuntimeError(f"`varkit {' '.join(arguments[:2])} ...` failed (exit {result.returncode}); log {log}:\n{tail}")
+        raise RuntimeError(
+            f"`varkit {' '.join(arguments[:2])} ...` failed (exit {result.returncode}); log {log}:\n{tail}"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,15 +68,24 @@ def run(args: argparse.Namespace) -> int:
         (
             "demo data",
             [
-                "data", "demo", str(data / "demo"), "--train-per-class", str(args.train_per_class),
-                "--val-per-class", str(args.val_per_class), "--seed", str(args.seed),
+                "data",
+                "demo",
+                str(data / "demo"),
+                "--train-per-class",
+                str(args.train_per_class),
+                "--val-per-class",
+                str(args.val_per_class),
+                "--seed",
+                str(args.seed),
             ],
             data / "demo" / "classes.json",
         ),
         (
             "tokenizer",
             [
-                "train-tokenizer", *common, f"trainer.max_steps={args.tokenizer_steps}",
+                "train-tokenizer",
+                *common,
+                f"trainer.max_steps={args.tokenizer_steps}",
                 f"data.batch_size={args.batch_size}",
             ],
             tokenizer_dir / "config.json",
@@ -85,8 +96,16 @@ def run(args: argparse.Namespace) -> int:
             (
                 f"tokenize {split}",
                 [
-                    "data", "tokenize", "--tokenizer", str(tokenizer_dir), "--input", str(data / "demo" / split),
-                    "--output", str(data / "demo_tokens" / split), "--no-progress", *flip,
+                    "data",
+                    "tokenize",
+                    "--tokenizer",
+                    str(tokenizer_dir),
+                    "--input",
+                    str(data / "demo" / split),
+                    "--output",
+                    str(data / "demo_tokens" / split),
+                    "--no-progress",
+                    *flip,
                 ],
                 data / "demo_tokens" / split / "tokens.json",
             )
@@ -95,8 +114,13 @@ def run(args: argparse.Namespace) -> int:
         (
             "transformer",
             [
-                "train", "experiment=quickstart", *common, f"trainer.max_steps={args.steps}", f"data.batch_size={args.batch_size}",
-                f"tokenizer.path={tokenizer_dir}", f"export.classes={data / 'demo' / 'classes.json'}",
+                "train",
+                "experiment=quickstart",
+                *common,
+                f"trainer.max_steps={args.steps}",
+                f"data.batch_size={args.batch_size}",
+                f"tokenizer.path={tokenizer_dir}",
+                f"export.classes={data / 'demo' / 'classes.json'}",
                 *args.overrides,
             ],
             model_dir / "config.json",
@@ -104,8 +128,14 @@ def run(args: argparse.Namespace) -> int:
         (
             "samples",
             [
-                "sample", f"paths.root={root}", f"model_dir={model_dir}", f"per_class={args.per_class}",
-                f"cfg={args.cfg}", f"seed={args.seed}", "upscale=4", "progress=false",
+                "sample",
+                f"paths.root={root}",
+                f"model_dir={model_dir}",
+                f"per_class={args.per_class}",
+                f"cfg={args.cfg}",
+                f"seed={args.seed}",
+                "upscale=4",
+                "progress=false",
             ],
             runs / "var-demo" / "samples" / "grid.png",
         ),

@@ -15,6 +15,7 @@ from typing import Any
 
 # Imported on first use so that ``varkit data pack`` and pack/demo worker processes do not pay for lightning.
 _EXPORTS = {
+    "DataSetupError": "varkit.data.streaming",
     "LogSkippedSamples": "varkit.data.streaming",
     "ShardStream": "varkit.data.streaming",
     "ShardWriter": "varkit.data.shards",

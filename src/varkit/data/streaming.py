@@ -38,6 +38,7 @@ from varkit.data.shards import expand_urls
 from varkit.data.stats import SkipStats
 
 __all__ = [
+    "DataSetupError",
     "LogSkippedSamples",
     "ShardStream",
     "SkipSample",
@@ -51,6 +52,11 @@ logger = logging.getLogger(__name__)
 
 Urls = str | Path | Sequence[str | Path]
 Decoder = Callable[[dict[str, Any], np.random.Generator], tuple[Any, int]]
+
+
+class DataSetupError(ValueError):
+    """A data setup that cannot work (no shards, too few shards for the readers, ...); its message is one sentence
+    meant for the user, raised before training starts."""
 
 
 class SkipSample(Exception):
@@ -71,12 +77,13 @@ def resolve_topology(rank: int | None, world_size: int | None) -> tuple[int, int
     world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
     rank = rank if rank is not None else int(os.environ.get("RANK", "0"))
     if not 0 <= rank < world:
-        raise ValueError(f"rank {rank} is outside world size {world}")
+        raise DataSetupError(f"rank {rank} is outside world size {world}")
     return rank, world
 
 
-def stack_collate(items: list[Any]) -> Any:
-    return torch.stack(items)
+def stack_collate(items: list[torch.Tensor]) -> torch.Tensor:
+    """Stack CPU tensors into a batch (numpy's single-threaded copy: torch's threaded one stalls on busy CPUs)."""
+    return torch.from_numpy(np.stack([item.numpy() for item in items]))
 
 
 def _shuffled(samples: Iterator[dict], buffer_size: int, rng: random.Random) -> Iterator[dict]:
@@ -125,7 +132,7 @@ class ShardStream(IterableDataset):
         super().__init__()
         self.urls = expand_urls(urls)
         if not self.urls:
-            raise ValueError(f"no shards found for {urls!r}: the shard list is empty")
+            raise DataSetupError(f"no shards found for {urls!r}: the shard list is empty")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.decode = decode
@@ -145,7 +152,7 @@ class ShardStream(IterableDataset):
         """Fail with one sentence if a finite stream cannot give every reader at least one shard."""
         readers = self.world_size * max(num_workers, 1)
         if not self.resampled and len(self.urls) < readers:
-            raise ValueError(
+            raise DataSetupError(
                 f"{len(self.urls)} shards cannot feed {self.world_size} ranks × {max(num_workers, 1)} workers = "
                 f"{readers} readers; write more, smaller shards (varkit data pack --max-count), lower num_workers, "
                 "or use resampled=True"
@@ -249,8 +256,9 @@ class StreamLoader:
     ) -> None:
         dataset.check_readers(num_workers)
         if dataset.resampled and not batches_per_epoch:
-            raise ValueError("a resampled stream is infinite: give batches_per_epoch (the epoch length)")
-        self.dataset = dataset
+            raise DataSetupError("a resampled stream is infinite: give batches_per_epoch (the epoch length)")
+        # not called ``dataset``: Lightning inspects ``loader.dataset`` and would warn about IterableDataset lengths
+        self.stream = dataset
         self.num_workers = num_workers
         self.batches_per_epoch = batches_per_epoch
         self.prefetched_batches = prefetched_batches
@@ -283,16 +291,16 @@ class StreamLoader:
             self._batches = 0
             self._positions = {}
             self._epoch_finished = False
-        self.dataset.epoch = self.epoch
-        self.dataset.start_positions = dict(self._positions)
-        self.dataset.worker_offset = self._batches % max(self.num_workers, 1)
+        self.stream.epoch = self.epoch
+        self.stream.start_positions = dict(self._positions)
+        self.stream.worker_offset = self._batches % max(self.num_workers, 1)
         self._history.clear()
         self._history.append(self._snapshot())
         return self._generate()
 
     def _generate(self) -> Iterator[tuple[Any, torch.Tensor]]:
         loader = DataLoader(
-            self.dataset,
+            self.stream,
             batch_size=None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -321,7 +329,7 @@ class StreamLoader:
 
     def load_state_dict(self, state: dict) -> None:
         if state["num_workers"] != self.num_workers:
-            raise ValueError(
+            raise DataSetupError(
                 f"the saved data position was recorded with num_workers={state['num_workers']}; resume with the "
                 f"same number (got {self.num_workers}) to continue the stream exactly"
             )
@@ -418,20 +426,26 @@ class StreamDataModule(L.LightningDataModule):
                 rank=rank,
                 world_size=world,
             )
-            self._val = StreamLoader(dataset, num_workers=self.num_workers, pin_memory=self.pin_memory)
+            # validation keeps going with fewer workers when its (usually few) shards cannot feed them all;
+            # fewer shards than ranks still fails in check_readers, with its explanation
+            workers = self.num_workers
+            if world <= len(dataset.urls) < world * max(workers, 1):
+                workers = len(dataset.urls) // world
+                logger.info("validation: %d shards for %d ranks: using %d workers", len(dataset.urls), world, workers)
+            self._val = StreamLoader(dataset, num_workers=workers, pin_memory=self.pin_memory)
 
     def train_dataloader(self) -> StreamLoader:
         if self._train is None:
             self.setup("fit")
         if self._train is None:
-            raise ValueError("no train_urls were given")
+            raise DataSetupError("no train_urls were given")
         return self._train
 
     def val_dataloader(self) -> StreamLoader:
         if self._val is None:
             self.setup("validate")
         if self._val is None:
-            raise ValueError("no val_urls were given")
+            raise DataSetupError("no val_urls were given")
         return self._val
 
     @property

@@ -30,7 +30,7 @@ import torch
 from varkit.data.images import decode_image, decode_label
 from varkit.data.shards import ShardWriter, expand_urls
 from varkit.data.stats import SkipStats
-from varkit.data.streaming import Decoder, SkipSample, StreamDataModule, Urls, stack_collate
+from varkit.data.streaming import DataSetupError, Decoder, SkipSample, StreamDataModule, Urls, stack_collate
 from varkit.data.transforms import ImageTransform
 
 __all__ = ["TokenDataModule", "TokenSampleDecoder", "read_token_info", "split_scales", "write_token_shards"]
@@ -165,7 +165,10 @@ def write_token_shards(
 def read_token_info(path: str | Path) -> dict[str, Any]:
     """``tokens.json`` of a token-shard folder (or the file itself)."""
     path = Path(path)
-    return json.loads((path / "tokens.json" if path.is_dir() else path).read_text())
+    file = path / "tokens.json" if path.is_dir() else path
+    if not file.is_file():
+        raise DataSetupError(f"{file} does not exist: write token shards with `varkit data tokenize` first")
+    return json.loads(file.read_text())
 
 
 def split_scales(indices: torch.Tensor, scales: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
@@ -199,7 +202,7 @@ class ScaleSplitCollate:
         self.scales = [(int(h), int(w)) for h, w in scales]
 
     def __call__(self, items: list[torch.Tensor]) -> list[torch.Tensor]:
-        return split_scales(torch.stack(items), self.scales)
+        return split_scales(stack_collate(items), self.scales)
 
 
 class TokenDataModule(StreamDataModule):
@@ -232,7 +235,7 @@ class TokenDataModule(StreamDataModule):
             if source is None:
                 urls = expand_urls(self.train_urls if self.train_urls is not None else self.val_urls)  # type: ignore[arg-type]
                 if not urls:
-                    raise ValueError(f"no shards found for {self.train_urls!r}: the shard list is empty")
+                    raise DataSetupError(f"no shards found for {self.train_urls!r}: the shard list is empty")
                 source = Path(urls[0].split(" ")[-1]).parent
             self._token_info = read_token_info(source)
         return self._token_info

@@ -121,10 +121,13 @@ def iter_shard_samples(
                             return
                     sample = {}
                 key = stem
-                if extension.lower() in (*IMAGE_EXTENSIONS, "cls"):
+                extension = extension.lower()
+                if extension in (*IMAGE_EXTENSIONS, "cls"):
                     handle = archive.extractfile(member)
                     assert handle is not None
-                    sample[extension.lower()] = handle.read()
+                    sample[extension] = handle.read()
+                else:
+                    sample[extension] = b""  # not read; recorded so an image-less sample is counted as skipped
         if sample:
             done = finish(sample)
             if done is not None:

@@ -232,11 +232,19 @@ class SampleGrid(L.Callback):
             )
         pixels = to_uint8(images)
         root = Path(trainer.default_root_dir) / self.dirname
-        path = save_grid(pixels, root / f"step{trainer.global_step:07d}.png", columns=self.per_class, upscale=self.upscale)
+        path = save_grid(
+            pixels, root / f"step{trainer.global_step:07d}.png", columns=self.per_class, upscale=self.upscale
+        )
         self.last_path = path
         logger.info("sample grid at step %d: %s (%.1f s)", trainer.global_step, path, time.perf_counter() - started)
         for experiment_logger in trainer.loggers:
-            _log_image(experiment_logger, "samples/grid", path, trainer.global_step, f"{len(classes)} classes x {self.per_class}")
+            _log_image(
+                experiment_logger,
+                "samples/grid",
+                path,
+                trainer.global_step,
+                f"{len(classes)} classes x {self.per_class}",
+            )
 
 
 def _log_image(experiment_logger: Any, key: str, path: Path, step: int, caption: str) -> None:
@@ -277,7 +285,9 @@ class Throughput(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last = None  # the next interval would include validation
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         now = time.perf_counter()
         last, self._last = self._last, now
         if last is None or self._flops_per_sample is None:

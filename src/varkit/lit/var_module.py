@@ -187,7 +187,9 @@ class VARModule(L.LightningModule):
             with torch.autocast(device_type=inputs.device.type, enabled=False):
                 return list(tokenizer.tokenize(inputs.float(), self.scales))
         if inputs.shape[1] != self.scales.total_tokens:
-            raise ValueError(f"token batch has {inputs.shape[1]} tokens per sample, scales need {self.scales.total_tokens}")
+            raise ValueError(
+                f"token batch has {inputs.shape[1]} tokens per sample, scales need {self.scales.total_tokens}"
+            )
         return list(inputs.long().split(list(self.scales.token_counts), dim=1))
 
     @torch.no_grad()
@@ -322,6 +324,13 @@ class VARModule(L.LightningModule):
             raise ValueError("optim.batch_size (the per-device batch) is needed to scale the learning rate")
         trainer = self.trainer
         global_batch = int(batch) * trainer.world_size * int(trainer.accumulate_grad_batches)
+        logger.info(
+            "global batch %d = %d per device x %d devices x %d accumulated",
+            global_batch,
+            int(batch),
+            trainer.world_size,
+            int(trainer.accumulate_grad_batches),
+        )
         return scaled_learning_rate(float(options["base_lr"]), global_batch, int(options["reference_batch"]))
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -335,7 +344,9 @@ class VARModule(L.LightningModule):
             final_ratio=float(options["final_ratio"]),
         )
         peak = self.learning_rate()
-        logger.info("peak learning rate %.3g, %s schedule over %d steps (%d warm-up)", peak, spec.kind, total, spec.warmup_steps)
+        logger.info(
+            "peak learning rate %.3g, %s schedule over %d steps (%d warm-up)", peak, spec.kind, total, spec.warmup_steps
+        )
         groups = param_groups(self.model, float(options["weight_decay"]))
         optimizer = build_adamw(groups, peak, options["betas"], float(options["eps"]), options["fused"])
 
@@ -361,11 +372,12 @@ class VARModule(L.LightningModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        """Clip the global gradient norm to ``optim.grad_clip`` (or the trainer's value) and log it."""
+        """Clip the global gradient norm to ``optim.grad_clip`` (or the trainer's value; <= 0: off); log the norm."""
         limit = gradient_clip_val if gradient_clip_val is not None else self.hparams["optim"]["grad_clip"]
-        limit = float(limit) if limit is not None and float(limit) > 0 else float("inf")
+        if limit is None or float(limit) <= 0:
+            return  # no clipping: skip the norm computation too
         parameters = [p for p in self.model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(parameters, limit)
+        norm = torch.nn.utils.clip_grad_norm_(parameters, float(limit))
         self.log("train/grad_norm", norm.full_tensor() if hasattr(norm, "full_tensor") else norm, on_step=True)
 
     # -- checkpoints ----------------------------------------------------------------------------------------------

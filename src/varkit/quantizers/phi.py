@@ -16,6 +16,8 @@ arithmetic has to be exactly reproducible (token ids must not depend on precisio
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -38,11 +40,11 @@ class PhiConv(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # the default initialisation of nn.Conv2d (kaiming-uniform with a=sqrt(5)), so training matches VAR's
-        probe = nn.Conv2d(self.weight.shape[1], self.weight.shape[0], 3)
-        with torch.no_grad():
-            self.weight.copy_(probe.weight)
-            self.bias.copy_(probe.bias)
+        # nn.Conv2d's default initialisation (VAR's φ is a plain Conv2d): kaiming-uniform(a=sqrt(5)), bias in
+        # +-1/sqrt(fan_in)
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        bound = 1.0 / math.sqrt(self.weight[0].numel())
+        nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, codes: Tensor) -> Tensor:
         codes = codes.float()
