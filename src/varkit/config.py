@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from varkit.contracts import InvalidScalesError, Scales
 from varkit.registry import REGISTRIES, SCALE_SCHEDULES, UnknownComponentError
@@ -70,7 +70,7 @@ def compose(config_name: str, overrides: Sequence[str] = (), *, with_hydra: bool
         cfg = hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)
     if not with_hydra:
-        with OmegaConf.read_write(cfg):
+        with open_dict(cfg):
             del cfg["hydra"]
     return cfg
 

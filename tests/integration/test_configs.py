@@ -20,12 +20,22 @@ def _groups_of(primary: str) -> set[str]:
     return {next(iter(d)).split(" ")[-1] for d in defaults if isinstance(d, dict)}
 
 
+def _stages(option: Path) -> set[str] | None:
+    """An option may declare the primary configs it belongs to with a ``# stages: a, b`` comment line."""
+    for line in option.read_text().splitlines():
+        if line.startswith("# stages:"):
+            return {s.strip() for s in line.split(":", 1)[1].split(",")}
+    return None
+
+
 def _cases() -> list[tuple[str, str, str]]:
     cases = []
     for primary in PRIMARY:
         for group in sorted(_groups_of(primary) - {"hydra"}):
             for option in sorted((CONF / group).glob("*.yaml")):
-                cases.append((primary, group, option.stem))
+                stages = _stages(option)
+                if stages is None or primary in stages:
+                    cases.append((primary, group, option.stem))
     return cases
 
 

@@ -19,7 +19,6 @@ def test_quickstart_notebook_executes(tmp_path: Path, monkeypatch: pytest.Monkey
     stage = make_tiny_stage(tmp_path / "stage")
     assert main(["train", *train_overrides(stage, tmp_path, "callbacks.sample_grid.at_end=false")]) == 0
     monkeypatch.setenv("VARKIT_QUICKSTART_DIR", str(tmp_path))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     nbclient.NotebookClient(
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}

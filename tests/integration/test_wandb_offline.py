@@ -67,9 +67,16 @@ def summarise(records: list[Any]) -> dict[str, Any]:
     files: set[str] = set()
     for record in records:
         kind = record.WhichOneof("record_type")
-        if kind == "history":
+        if kind == "history":  # media and histograms arrive as nested keys (key, field)
+            row: dict[str, Any] = {}
             for item in record.history.item:
-                history[item.key or "/".join(item.nested_key)].append(json.loads(item.value_json))
+                path = [item.key] if item.key else list(item.nested_key)
+                target = row
+                for part in path[:-1]:
+                    target = target.setdefault(part, {})
+                target[path[-1]] = json.loads(item.value_json)
+            for key, value in row.items():
+                history[key].append(value)
         elif kind == "config":
             for update in record.config.update:
                 config[update.key or "/".join(update.nested_key)] = json.loads(update.value_json)
@@ -131,7 +138,8 @@ def test_train_without_credentials_logs_offline_run_with_metrics_config_and_imag
     history = summary["history"]
     assert {"train/loss", "val/ce", "trainer/global_step"} <= set(history)
     assert all(loss > 0 for loss in history["train/loss"])
-    assert max(history["trainer/global_step"]) == 1  # 0-based step of the 2nd optimizer step
+    assert len(history["train/loss"]) == 2  # log_every_n_steps=1, max_steps=2
+    assert max(history["trainer/global_step"]) == 2  # the grid is logged after the 2nd optimizer step
 
     flat = {key for value in summary["config"].values() if isinstance(value, dict) for key in value}
     assert "optim" in summary["config"] or "optim" in flat  # the resolved run config, as plain data

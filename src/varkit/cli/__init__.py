@@ -61,9 +61,17 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that are the user's input, reported as one message."""
     from varkit.config import ConfigError
     from varkit.contracts import CapabilityError, InvalidScalesError
+    from varkit.data.streaming import DataSetupError
     from varkit.registry import DuplicateComponentError, UnknownComponentError
 
-    return (ConfigError, InvalidScalesError, UnknownComponentError, DuplicateComponentError, CapabilityError)
+    return (
+        ConfigError,
+        InvalidScalesError,
+        UnknownComponentError,
+        DuplicateComponentError,
+        CapabilityError,
+        DataSetupError,
+    )
 
 
 def run_hydra(command: str, config_name: str, task: Callable[[Any], Any], argv: Sequence[str]) -> int:

@@ -15,12 +15,13 @@ the EMA callback is on) and a reference to its tokenizer are exported to ``runs/
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import netrc
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -170,13 +171,30 @@ def export_model(module: Any, trainer: Any, cfg: DictConfig, datamodule: Any) ->
     return write_generator(model, cfg.export.dir, module.hparams["tokenizer_path"], classes=classes, extra=extra)
 
 
+@contextlib.contextmanager
+def relaunchable_argv(command: str) -> Iterator[None]:
+    """Make ``sys.argv`` re-run this command: Lightning's DDP launcher starts the other ranks with
+    ``python -m varkit <sys.argv[1:]>``, and during a Hydra job ``sys.argv[1:]`` holds only the overrides."""
+    import varkit
+
+    saved = list(sys.argv)
+    overrides = saved[2:] if len(saved) > 1 and saved[1] == command else saved[1:]
+    # argv[0] serves when started from the `varkit` console script (no module spec): run varkit/__main__.py
+    sys.argv = [str(Path(varkit.__file__).parent / "__main__.py"), command, *overrides]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
 def run(cfg: DictConfig) -> None:
     module, datamodule, trainer = build_training(cfg)
     checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
     resume = bool(cfg.get("resume", True)) and any(checkpoints.glob("last*.ckpt"))
     if resume:
         logger.info("resuming from %s", checkpoints / "last.ckpt")
-    trainer.fit(module, datamodule=datamodule, ckpt_path="last" if resume else None)
+    with relaunchable_argv("train"):
+        trainer.fit(module, datamodule=datamodule, ckpt_path="last" if resume else None)
     if trainer.interrupted:
         return
     if trainer.is_global_zero:
