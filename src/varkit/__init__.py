@@ -6,6 +6,7 @@ kernels); plugins are loaded explicitly with :func:`varkit.plugins.load_plugins`
 
 from varkit import (  # noqa: F401  (registers built-ins)
     attention,
+    evaluation,
     guidance,
     quantizers,
     scales,

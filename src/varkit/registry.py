@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar, overload
 __all__ = [
     "ATTENTION_KERNELS",
     "CFG_SCHEDULES",
+    "FEATURE_EXTRACTORS",
     "QUANTIZERS",
     "REGISTRIES",
     "SCALE_SCHEDULES",
@@ -176,6 +177,7 @@ QUANTIZERS: Registry[Any] = Registry("quantizer")
 SCALE_SCHEDULES: Registry[Any] = Registry("scale schedule")
 ATTENTION_KERNELS: Registry[Any] = Registry("attention kernel")
 CFG_SCHEDULES: Registry[Any] = Registry("guidance schedule")
+FEATURE_EXTRACTORS: Registry[Any] = Registry("feature extractor")
 
 #: every registry by its config-group name, in the order ``varkit list`` prints them
 REGISTRIES: dict[str, Registry[Any]] = {
@@ -183,4 +185,5 @@ REGISTRIES: dict[str, Registry[Any]] = {
     "schedule": SCALE_SCHEDULES,
     "attention": ATTENTION_KERNELS,
     "cfg_schedule": CFG_SCHEDULES,
+    "evaluator": FEATURE_EXTRACTORS,
 }

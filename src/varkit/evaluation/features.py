@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from varkit.registry import Registry
+from varkit.registry import FEATURE_EXTRACTORS
 
 __all__ = [
     "FEATURE_EXTRACTORS",
@@ -53,7 +53,6 @@ logger = logging.getLogger(__name__)
 FID_INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 
 #: feature-extractor factories by name; ``build_extractor({"name": "tiny", ...})``
-FEATURE_EXTRACTORS: Registry[Any] = Registry("feature extractor")
 
 
 class ChecksumError(ValueError):
