@@ -20,6 +20,7 @@ from varkit.registry import REGISTRIES, SCALE_SCHEDULES, UnknownComponentError
 __all__ = [
     "ALLOWED_TARGET_PREFIXES",
     "ConfigError",
+    "register_resolvers",
     "build_scales",
     "compose",
     "config_dir",
@@ -38,6 +39,17 @@ ALLOWED_TARGET_PREFIXES: tuple[str, ...] = (
     "torch.optim.",
     "torchmetrics.",
 )
+
+
+def register_resolvers() -> None:
+    """OmegaConf resolvers used by varkit's configs (idempotent).
+
+    ``${varkit.precision:ACCELERATOR}`` -> ``bf16-mixed`` where bf16 is fast on that accelerator, else ``32-true``.
+    """
+    from varkit.hardware import trainer_precision
+
+    if not OmegaConf.has_resolver("varkit.precision"):
+        OmegaConf.register_new_resolver("varkit.precision", lambda accelerator="auto": trainer_precision(accelerator))
 
 
 class ConfigError(ValueError):
@@ -65,6 +77,7 @@ def compose(config_name: str, overrides: Sequence[str] = (), *, with_hydra: bool
     from varkit.plugins import load_plugins
 
     load_plugins()
+    register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)

@@ -166,15 +166,15 @@ def system_info(world_size: int | None = None) -> dict[str, Any]:
     import varkit
 
     info: dict[str, Any] = {
-        "varkit": varkit.__version__,
-        "torch": torch.__version__,
-        "lightning": lightning.__version__,
+        "varkit": str(varkit.__version__),
+        "torch": str(torch.__version__),
+        "lightning": str(lightning.__version__),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "world_size": int(world_size if world_size is not None else os.environ.get("WORLD_SIZE", 1)),
-        "cuda": torch.version.cuda,
+        "cuda": str(torch.version.cuda) if torch.version.cuda else None,
     }
     if torch.cuda.is_available():
         info["device"] = torch.cuda.get_device_name(0)

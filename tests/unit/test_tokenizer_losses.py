@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from pathlib import Path
@@ -217,4 +218,4 @@ def test_warmup_cosine_schedule() -> None:
     assert values[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert values[4] == pytest.approx(1.0) and values[20] == pytest.approx(0.1) and values[24] == pytest.approx(0.1)
     assert values[12] == pytest.approx(0.1 + 0.9 * 0.5)
-    assert all(a >= b for a, b in zip(values[4:], values[5:]))
+    assert all(a >= b for a, b in itertools.pairwise(values[4:]))

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from varkit.checkpoint.vqvae import CheckpointKeyError  # one error type for every official-checkpoint import
 from varkit.contracts import BlockCausalMask, Scales
 from varkit.models.var import VAR
 
@@ -33,13 +34,6 @@ logger = logging.getLogger(__name__)
 # Official buffers that varkit recomputes from its configuration instead of storing.
 DERIVED_KEYS = ("lvl_1L", "attn_bias_for_masking")
 DERIVED_BLOCK_KEYS = ("attn.zero_k_bias",)
-
-
-class CheckpointKeyError(KeyError):
-    """A checkpoint whose keys do not match the expected layout (names the missing and unexpected keys)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 def var_config_from_official(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,9 @@ __all__ = [
 ]
 
 
-def reconstruction_loss(reconstruction: Tensor, target: Tensor, l1_weight: float = 1.0, l2_weight: float = 0.0) -> Tensor:
+def reconstruction_loss(
+    reconstruction: Tensor, target: Tensor, l1_weight: float = 1.0, l2_weight: float = 0.0
+) -> Tensor:
     """``l1_weight * mean|x̂ - x| + l2_weight * mean(x̂ - x)^2``, computed in float32.
 
     >>> reconstruction_loss(torch.ones(1, 3, 2, 2), torch.zeros(1, 3, 2, 2), l1_weight=1.0, l2_weight=0.5).item()

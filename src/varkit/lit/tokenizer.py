@@ -190,7 +190,9 @@ class TokenizerModule(L.LightningModule):
         try:
             self.vae = build_vqvae(plain["tokenizer"], plain["quantizer"], plain["schedule"])
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"cannot build the tokenizer from the tokenizer/quantizer/schedule configs: {err}") from err
+            raise ConfigError(
+                f"cannot build the tokenizer from the tokenizer/quantizer/schedule configs: {err}"
+            ) from err
         try:
             self.discriminator = (
                 PatchDiscriminator(image_channels=self.vae.image_channels, **self.gan_settings.discriminator)
@@ -397,7 +399,9 @@ class TokenizerModule(L.LightningModule):
         reconstructions, quantized = self.vae(images)
         reconstructions = reconstructions.float().clamp(-1.0, 1.0)
         targets = images.float()
-        pixel = reconstruction_loss(reconstructions, targets, self.loss_settings.l1_weight, self.loss_settings.l2_weight)
+        pixel = reconstruction_loss(
+            reconstructions, targets, self.loss_settings.l1_weight, self.loss_settings.l2_weight
+        )
         self.val_psnr.update((reconstructions + 1) / 2, (targets + 1) / 2)
         self.val_ssim.update((reconstructions + 1) / 2, (targets + 1) / 2)
         self._val_counts += quantized.code_counts.detach().to("cpu", torch.float64)

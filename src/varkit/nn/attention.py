@@ -79,6 +79,8 @@ class KVCache:
 class SelfAttention(nn.Module):
     """Multi-head self-attention with fused QKV, q/v biases, optional QK-L2 norm, and an optional KV cache."""
 
+    zero_k_bias: Tensor
+
     def __init__(
         self,
         width: int,
