@@ -286,6 +286,8 @@ class VAR(nn.Module):
         temperature: float = 1.0,
         smooth: bool = False,
         generator: torch.Generator | None = None,
+        keep_tokens: Sequence[Tensor] | None = None,
+        keep_masks: Sequence[Tensor] | None = None,
     ) -> GenerationOutput:
         """Sample token maps coarse to fine (VAR Algorithm 2), one transformer pass per scale with a KV cache.
 
@@ -300,10 +302,17 @@ class VAR(nn.Module):
             smooth: the reference's "more smooth" visualisation mode: the next input is built from a Gumbel-softmax
                 mixture of code vectors instead of the sampled codes (tokens are still sampled).
             generator: the only source of randomness.
+            keep_tokens, keep_masks: zero-shot editing (VAR Sec. 4.4): per scale, ``(b, h_k*w_k)`` source tokens and
+                boolean masks; where a mask is True the source token is teacher-forced instead of the sampled one,
+                so the next scales are conditioned on it.
 
         Nothing is stored on the module: the caches live for one call.
         """
         scales, num_scales = self.scales, self.scales.num_scales
+        if (keep_tokens is None) != (keep_masks is None):
+            raise ValueError("keep_tokens and keep_masks go together: give both (editing) or neither")
+        if keep_masks is not None and (len(keep_masks) != num_scales or len(keep_tokens or ()) != num_scales):
+            raise ValueError(f"editing needs tokens and masks for all {num_scales} scales")
         schedule = _resolve_cfg_schedule(cfg_schedule)
         weights = [float(schedule(k, num_scales, cfg)) for k in range(num_scales)]
         guided = any(w != 0.0 for w in weights)
@@ -333,12 +342,17 @@ class VAR(nn.Module):
             if guided:
                 logits = guided_logits(logits[:batch], logits[batch:], weights[k])
             indices = sample_tokens(logits, top_k=top_k, top_p=top_p, temperature=temperature, generator=generator)
+            if keep_masks is not None and keep_tokens is not None:
+                keep = keep_masks[k].to(indices.device)
+                indices = torch.where(keep, keep_tokens[k].to(indices.device), indices)
             tokens.append(indices)
             if codebook is not None:
                 progress = k / (num_scales - 1) if num_scales > 1 else 1.0
                 filtered = filter_logits(logits, top_k=top_k, top_p=top_p, temperature=temperature)
                 soft = gumbel_softmax(filtered * (1.0 + progress), smooth_temperature(progress), generator=generator)
                 codes = soft @ codebook
+                if keep_masks is not None:
+                    codes = torch.where(keep[..., None], quantizer.lookup(indices), codes)
             else:
                 codes = quantizer.lookup(indices)
             code_map = codes.transpose(1, 2).reshape(batch, self.code_dim, height, width)
