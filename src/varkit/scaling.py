@@ -218,10 +218,11 @@ def collect_run(run_dir: str | Path, *, metric: str = "val/ce") -> ScalingPoint:
 
 
 def plot_scaling(points: Sequence[ScalingPoint], compute_fit: PowerLawFit, path: str | Path) -> Path:
-    """Log-log plots of loss against compute (with the fitted power law) and against parameters, as a PNG."""
-    import matplotlib
+    """Log-log plots of loss against compute (with the fitted power law) and against parameters, as a PNG.
 
-    matplotlib.use("Agg", force=False)
+    Drawn on an Agg canvas directly (no ``pyplot``), so it works headless and leaves the user's backend alone.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     path = Path(path)
@@ -230,6 +231,7 @@ def plot_scaling(points: Sequence[ScalingPoint], compute_fit: PowerLawFit, path:
     loss = np.array([p.loss for p in points])
     parameters = np.array([p.parameters for p in points])
     figure = Figure(figsize=(10, 4.2), dpi=120)
+    FigureCanvasAgg(figure)  # render with Agg without touching pyplot's global backend
     left, right = figure.subplots(1, 2)
     line = np.geomspace(compute.min() / 1.5, compute.max() * 1.5, 100)
     left.loglog(compute, loss, "o", color="tab:blue", label="runs")

@@ -35,6 +35,7 @@ __all__ = [
     "WANDB_MODES",
     "build_loggers",
     "build_wandb_logger",
+    "finish_wandb_runs",
     "is_wandb_logger",
     "log_histogram",
     "log_run_info",
@@ -153,6 +154,19 @@ def build_loggers(group: Mapping[str, Any] | Any) -> list[Any]:
         else:
             loggers.append(safe_instantiate(entry))
     return loggers
+
+
+def finish_wandb_runs(loggers: Iterable[Any]) -> None:
+    """Finish the W&B runs that ``loggers`` started (call at the end of a job).
+
+    Lightning's ``WandbLogger`` attaches to an already active ``wandb.run`` instead of starting a new one, so
+    without this the second job of a Hydra multirun (or a second training in a notebook) would log into the first
+    job's W&B run. Loggers whose run was never created are left alone.
+    """
+    for run_logger in loggers:
+        if is_wandb_logger(run_logger) and getattr(run_logger, "_experiment", None) is not None:
+            run_logger.experiment.finish()
+            run_logger._experiment = None
 
 
 def system_info(world_size: int | None = None) -> dict[str, Any]:

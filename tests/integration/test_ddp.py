@@ -16,7 +16,7 @@ from var_stage_data import make_tiny_stage, train_overrides
 @pytest.mark.slow
 @pytest.mark.ddp
 def test_two_process_cpu_ddp_trains_and_exports(tmp_path: Path) -> None:
-    stage = make_tiny_stage(tmp_path / "stage", train_per_class=8, train_shards=4)
+    stage = make_tiny_stage(tmp_path / "stage", train_per_class=8, train_shards=4, val_shards=2)
     overrides = train_overrides(
         stage,
         tmp_path,

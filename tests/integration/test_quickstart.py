@@ -20,7 +20,7 @@ def test_shortened_quickstart_writes_every_stage(tmp_path: Path) -> None:
     command = [
         sys.executable, "-m", "varkit", "quickstart", "--output", str(out),
         "--tokenizer-steps", "2", "--steps", "2", "--train-per-class", "4", "--val-per-class", "1",
-        "--batch-size", "4", "--per-class", "2", "--trainer", "debug",
+        "--batch-size", "4", "--tokenizer-batch-size", "4", "--per-class", "2", "--trainer", "debug",
         "callbacks.sample_grid.at_end=false",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)

@@ -140,8 +140,13 @@ def sample_values(spec: dict[str, Any]) -> list[dict[str, Any]]:
         else:
             low, high = parameter["min"], parameter["max"]
             quantum = parameter.get("q")
-            choices = [low, high] if quantum is None else [round(low / quantum) * quantum, round(high / quantum) * quantum]
-            if parameter.get("distribution", "").startswith("log_uniform") and "values" not in parameter["distribution"]:
+            choices = (
+                [low, high] if quantum is None else [round(low / quantum) * quantum, round(high / quantum) * quantum]
+            )
+            if (
+                parameter.get("distribution", "").startswith("log_uniform")
+                and "values" not in parameter["distribution"]
+            ):
                 choices = [math.exp(low), math.exp(high)]
         for assignment, choice in zip(assignments, choices, strict=True):
             assignment[name] = choice
@@ -231,7 +236,9 @@ def test_null_convention(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 def test_hydra_multirun_experiment_is_the_grid_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VARKIT_HOME", str(tmp_path))
     cfg = compose("train_var", ["experiment=sweep_demo"], with_hydra=True)
-    params = {key: [yaml.safe_load(v) for v in str(value).split(",")] for key, value in cfg.hydra.sweeper.params.items()}
+    params = {
+        key: [yaml.safe_load(v) for v in str(value).split(",")] for key, value in cfg.hydra.sweeper.params.items()
+    }
     grid = load(SWEEP_DIR / "demo_grid.yaml")["parameters"]
     assert params == {key: parameter["values"] for key, parameter in grid.items()}
     assert cfg.hydra.sweep.dir.endswith("runs/sweep-demo-multirun")

@@ -168,7 +168,7 @@ def test_vqvae_f16_bf16_steps(demo_root: Path) -> None:
         "schedule=explicit",
         "schedule.sizes=[1,2,3,4]",
         "data.image_size=64",
-        "data.batch_size=2",
+        "data.batch_size=1",
         "data.shuffle_buffer=0",
         f"data.train_urls={demo_root}/data/demo64/train",
         f"data.val_urls={demo_root}/data/demo64/val",

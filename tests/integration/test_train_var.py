@@ -184,3 +184,17 @@ def test_sigkill_then_same_command_resumes_to_identical_weights(tmp_path: Path) 
     assert resumed.keys() == reference.keys()
     for name in reference:
         torch.testing.assert_close(resumed[name], reference[name], rtol=0, atol=0, msg=name)
+
+
+def test_sample_from_converted_official_weights(parity_fixture: dict, tmp_path: Path) -> None:
+    """`varkit convert` output (var/ + vqvae/) samples directly; official-format weights, reference scales."""
+    from varkit.checkpoint.io import convert_official
+
+    source = tmp_path / "fixture.pt"
+    torch.save(parity_fixture, source)
+    convert_official(source, tmp_path / "converted")
+    out = tmp_path / "samples"
+    args = [f"model_dir={tmp_path / 'converted'}", "classes=[3]", "per_class=2", "npz=true", "progress=false"]
+    assert main(["sample", *args, f"output={out}", "pngs=false"]) == 0
+    size = parity_fixture["config"]["image_size"]
+    assert np.load(out / "samples.npz")["arr_0"].shape == (2, size, size, 3)

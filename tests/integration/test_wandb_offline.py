@@ -153,7 +153,7 @@ def test_train_without_credentials_logs_offline_run_with_metrics_config_and_imag
 def test_tracking_helpers_write_config_system_info_and_histograms(tmp_path: Path, no_credentials: Path) -> None:
     import torch
 
-    from varkit.tracking import build_wandb_logger, log_histogram, log_run_info
+    from varkit.tracking import build_wandb_logger, finish_wandb_runs, log_histogram, log_run_info
 
     node = {
         "_target_": "lightning.pytorch.loggers.WandbLogger",
@@ -172,7 +172,14 @@ def test_tracking_helpers_write_config_system_info_and_histograms(tmp_path: Path
     usage = torch.tensor([5.0, 0.0, 3.0, 1.0])
     log_histogram(run_logger, "codebook/usage", usage, step=3, counts=True)
     log_histogram(run_logger, "codebook/frequency", usage / usage.sum(), step=3)
+    first_id = run_logger.experiment.id
+    finish_wandb_runs([run_logger])
+    # the next job in this process (Hydra multirun) gets its own run instead of attaching to the first one
+    second = build_wandb_logger({**node, "save_dir": str(tmp_path / "second")})
+    assert second.experiment.id != first_id
+    finish_wandb_runs([second])
     flush_wandb()
+    assert len(list((tmp_path / "second" / "wandb").glob("offline-run-*"))) == 1
 
     summary = summarise(read_wandb_records(next(offline_run(tmp_path / "run").glob("run-*.wandb"))))
     assert summary["config"]["optim"] == {"value": {"lr": 0.001}} or summary["config"]["optim"] == {"lr": 0.001}

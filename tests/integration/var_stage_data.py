@@ -24,7 +24,9 @@ TINY_TRAIN_OVERRIDES = [
 ]
 
 
-def make_tiny_stage(root: Path, *, train_per_class: int = 8, train_shards: int = 2) -> dict[str, Path]:
+def make_tiny_stage(
+    root: Path, *, train_per_class: int = 8, train_shards: int = 2, val_shards: int = 1
+) -> dict[str, Path]:
     """Write ``root/tokenizer`` (random vqvae_tiny), ``root/demo`` (16px images) and ``root/tokens`` shards."""
     from varkit.checkpoint.io import save_pretrained
     from varkit.data.demo import generate_demo
@@ -42,9 +44,10 @@ def make_tiny_stage(root: Path, *, train_per_class: int = 8, train_shards: int =
         num_classes=10,
         seed=0,
         train_shards=train_shards,
-        val_shards=1,
+        val_shards=val_shards,
     )
     scales = [tuple(s) for s in vae.scales.sizes]
+    per_shard = {"train": train_per_class * 10 // train_shards, "val": 20 // val_shards}
     for split in ("train", "val"):
         write_token_shards(
             vae.tokenize,
@@ -53,7 +56,7 @@ def make_tiny_stage(root: Path, *, train_per_class: int = 8, train_shards: int =
             image_size=16,
             codebook_size=64,
             scales=scales,
-            max_count=train_per_class * 10 // train_shards,
+            max_count=per_shard[split],
         )
     return {"tokenizer": root / "tokenizer", "demo": root / "demo", "tokens": root / "tokens"}
 

@@ -47,9 +47,7 @@ def test_credentials_from_environment_netrc_or_settings(no_credentials: Path, mo
     assert tracking.wandb_credentials_available()
 
 
-def test_online_falls_back_to_offline_with_one_log_line(
-    no_credentials: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_online_falls_back_to_offline_with_one_log_line(no_credentials: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="varkit.tracking"):
         assert tracking.resolve_wandb_mode("online") == "offline"
     assert [r.getMessage() for r in caplog.records if "no W&B credentials" in r.getMessage()] != []
@@ -185,8 +183,12 @@ def test_log_histogram_on_histogram_and_scalar_loggers() -> None:
     metrics, step = scalars.logged[0]
     assert step == 7
     assert metrics == pytest.approx(
-        {"codebook/usage/mean": 4 / 3, "codebook/usage/min": 0.0, "codebook/usage/max": 3.0,
-         "codebook/usage/nonzero_fraction": 2 / 3}
+        {
+            "codebook/usage/mean": 4 / 3,
+            "codebook/usage/min": 0.0,
+            "codebook/usage/max": 3.0,
+            "codebook/usage/nonzero_fraction": 2 / 3,
+        }
     )
 
 

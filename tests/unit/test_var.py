@@ -138,6 +138,9 @@ def test_generate_shapes_smooth_and_bf16(batch: int) -> None:
     assert [tuple(t.shape) for t in out.tokens] == [(batch, n) for n in model.scales.token_counts]
     assert all(int(t.max()) < 64 and int(t.min()) >= 0 for t in out.tokens)
     assert out.latent.shape == (batch, 8, 4, 4) and torch.isfinite(out.latent).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model.generate(labels, quantizer, cfg=1.0, top_k=1)
+    assert mixed.latent.dtype == torch.float32 and torch.isfinite(mixed.latent).all()
     fast = model.to(torch.bfloat16).generate(labels, quantizer, cfg=1.0, top_k=1)
     assert fast.latent.dtype == torch.float32 and torch.isfinite(fast.latent).all()
 

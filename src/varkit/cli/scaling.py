@@ -62,7 +62,9 @@ def _varkit(arguments: Sequence[str], log: Path) -> None:
         result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ}, check=False)
     if result.returncode != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
-        raise RuntimeError(f"`varkit {' '.join(arguments[:2])} ...` failed (exit {result.returncode}); log {log}:\n{tail}")
+        raise RuntimeError(
+            f"`varkit {' '.join(arguments[:2])} ...` failed (exit {result.returncode}); log {log}:\n{tail}"
+        )
 
 
 def _prepare(root: Path, tokenizer_steps: int, batch_size: int, logs: Path) -> None:
@@ -73,8 +75,12 @@ def _prepare(root: Path, tokenizer_steps: int, batch_size: int, logs: Path) -> N
         (
             "tokenizer",
             [
-                "train-tokenizer", f"paths.root={root}", f"trainer.max_steps={tokenizer_steps}",
-                f"data.batch_size={batch_size}", "trainer=cpu", "trainer.enable_progress_bar=false",
+                "train-tokenizer",
+                f"paths.root={root}",
+                f"trainer.max_steps={tokenizer_steps}",
+                f"data.batch_size={batch_size}",
+                "trainer=cpu",
+                "trainer.enable_progress_bar=false",
             ],
             tokenizer / "config.json",
         ),

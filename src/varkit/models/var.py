@@ -326,8 +326,12 @@ class VAR(nn.Module):
         head_modulation = self.head_norm.modulation(cond)
         positions = self.position_embedding()
         head_dim = self.width // self.num_heads
+        # under autocast the keys/values come out in the autocast dtype, not the weights' dtype
+        device_type = self.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        cache_dtype = torch.get_autocast_dtype(device_type) if autocast else self.dtype
         caches = [
-            KVCache(rows, self.num_heads, scales.total_tokens, head_dim, dtype=self.dtype, device=self.device)
+            KVCache(rows, self.num_heads, scales.total_tokens, head_dim, dtype=cache_dtype, device=self.device)
             for _ in self.blocks
         ]
         codebook = quantizer.lookup(torch.arange(self.codebook_size, device=self.device)[None])[0] if smooth else None
