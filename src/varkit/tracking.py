@@ -100,11 +100,12 @@ def resolve_wandb_mode(requested: str | None) -> str:
     if mode == "online" and os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
         mode = "offline" if os.environ["WANDB_MODE"] == "dryrun" else os.environ["WANDB_MODE"]
     if mode == "online" and not wandb_credentials_available():
-        logger.info(
-            "no W&B credentials (WANDB_API_KEY unset, no ~/.netrc entry for %s): logging offline; "
-            "upload later with `wandb sync <run>/wandb/offline-run-*`",
-            _wandb_host(),
-        )
+        if getattr(rank_zero_only, "rank", 0) == 0:  # said once per run, not once per process
+            logger.info(
+                "no W&B credentials (WANDB_API_KEY unset, no ~/.netrc entry for %s): logging offline; "
+                "upload later with `wandb sync <run>/wandb/offline-run-*`",
+                _wandb_host(),
+            )
         return "offline"
     return mode
 

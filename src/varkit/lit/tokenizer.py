@@ -261,9 +261,8 @@ class TokenizerModule(L.LightningModule):
         if self.discriminator is not None:
             lr = settings.discriminator_lr if settings.discriminator_lr is not None else settings.lr
             optimizers.append(self._adamw(list(self.discriminator.named_parameters()), lr))
-        schedulers = [
-            {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule), "interval": "step"} for opt in optimizers
-        ]
+        # stepped by training_step once per batch (manual optimisation); saved and restored by Lightning
+        schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, schedule) for opt in optimizers]
         return optimizers, schedulers
 
     def _optimizers(self) -> list[Any]:
