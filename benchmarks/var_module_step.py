@@ -111,7 +111,8 @@ def module_steps(depth: int, batch: int, runs: int) -> list[float]:
         num_sanity_val_steps=0,
         limit_val_batches=0,
     )
-    trainer.fit(module, train_dataloaders=batches)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)  # a plain list would mean several loaders
+    trainer.fit(module, train_dataloaders=loader)
     return times[1:]  # the first step allocates optimizer state
 
 

@@ -18,9 +18,12 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from omegaconf import DictConfig
+
+if TYPE_CHECKING:
+    from varkit.models.var import VAR
 
 HELP = "zero-shot in-painting / out-painting / class-conditional editing of an image with a trained VAR"
 CONFIG_NAME = "edit"
@@ -110,7 +113,9 @@ def run(cfg: DictConfig) -> None:
     model_dir = Path(str(cfg.model_dir))
     if not model_dir.exists():
         raise ConfigError(f"model_dir={model_dir} does not exist: train one (varkit train / varkit quickstart) first")
-    var, vqvae, info = load_generator(model_dir, tokenizer=cfg.tokenizer_dir, device=device)
+    loaded, tokenizer, info = load_generator(model_dir, tokenizer=cfg.tokenizer_dir, device=device)
+    var = cast("VAR", loaded)
+    vqvae: Any = tokenizer
     if dtype != var.dtype:
         var.to(dtype)
         vqvae.decoder_to(dtype)  # the encoder stays in float32: tokenizing the source must be exact
@@ -144,8 +149,9 @@ def run(cfg: DictConfig) -> None:
     save_pngs(to_uint8(result.pixel_mask[:1, None].expand(-1, 3, -1, -1)), output, ["mask"])
     grid = output / "grid.png"
     picture = Image.fromarray(edit_grid(result))
-    if int(cfg.upscale) > 1:
-        picture = picture.resize((picture.width * int(cfg.upscale), picture.height * int(cfg.upscale)), Image.NEAREST)
+    zoom = int(cfg.upscale)
+    if zoom > 1:
+        picture = picture.resize((picture.width * zoom, picture.height * zoom), Image.Resampling.NEAREST)
     picture.save(grid)
     generated = [int(m.sum()) for m in result.edit_masks]
     total = [h * w for h, w in var.scales.sizes]

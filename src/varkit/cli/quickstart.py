@@ -28,7 +28,7 @@ HELP = "run the whole pipeline on the built-in demo data (data -> tokenizer -> t
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="quickstart", help="folder for data/ and runs/ (default: ./quickstart)")
     parser.add_argument("--tokenizer-steps", type=int, default=400, help="tokenizer training steps")
-    parser.add_argument("--steps", type=int, default=800, help="transformer training steps")
+    parser.add_argument("--steps", type=int, default=600, help="transformer training steps")
     parser.add_argument("--tokenizer-batch-size", type=int, default=16, help="batch size of the tokenizer stage")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size of the transformer stage")
     parser.add_argument("--train-per-class", type=int, default=400, help="demo training images per class")
@@ -81,6 +81,13 @@ def fastest_precision() -> str:
             left @ right
         timings[dtype] = time.perf_counter() - start
     return "bf16-mixed" if timings[torch.bfloat16] < 0.8 * timings[torch.float32] else "32-true"
+
+
+def _children_cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run(args: argparse.Namespace) -> int:
@@ -181,9 +188,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"[{index}/{len(stages)}] {title}: already done ({done})", flush=True)
             continue
         print(f"[{index}/{len(stages)}] {title}: varkit {' '.join(arguments[:2])} ...", flush=True)
-        stage_start = time.perf_counter()
+        stage_start, cpu_start = time.perf_counter(), _children_cpu_seconds()
         _varkit(arguments, logs / f"{index}-{title.replace(' ', '-')}.log")
-        print(f"      done in {time.perf_counter() - stage_start:.0f} s", flush=True)
+        wall, cpu = time.perf_counter() - stage_start, _children_cpu_seconds() - cpu_start
+        print(f"      done in {wall:.0f} s (CPU time {cpu:.0f} s)", flush=True)
     grid = runs / "var-demo" / "samples" / "grid.png"
     print(f"quickstart finished in {time.perf_counter() - started:.0f} s")
     print(f"sample grid (one row per class): {grid}")
