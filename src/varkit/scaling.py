@@ -224,6 +224,7 @@ def plot_scaling(points: Sequence[ScalingPoint], compute_fit: PowerLawFit, path:
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -252,6 +253,12 @@ def plot_scaling(points: Sequence[ScalingPoint], compute_fit: PowerLawFit, path:
     right.set_xlabel("parameters N")
     right.set_title(f"loss vs parameters  (Pearson r = {pearson(np.log(parameters), np.log(loss)):.3f})")
     right.grid(True, which="both", alpha=0.3)
+    for axes in (left, right):
+        # losses span a narrow range: plain numbers on the y axis, no crowded minor labels on the x axis
+        axes.xaxis.set_minor_formatter(NullFormatter())
+        axes.yaxis.set_major_formatter(FormatStrFormatter("%.2f"))
+        axes.yaxis.set_minor_formatter(FormatStrFormatter("%.2f"))
+        axes.title.set_fontsize(10)
     figure.tight_layout()
     figure.savefig(path)
     return path

@@ -148,6 +148,7 @@ def test_cfg_job_and_config_errors(demo_root: Path, capsys: pytest.CaptureFixtur
         "+loss.l3_weight=1": "unknown key(s) l3_weight in 'loss'",
         "trainer.max_steps=-1": "trainer.max_steps must be a positive",
         "schedule.sizes=[1,2,3]": "last scale",
+        "trainer.strategy=ddp": "ddp_find_unused_parameters_true",
     }
     for override, message in cases.items():
         assert main(["train-tokenizer", *base, override]) == 2, override

@@ -261,3 +261,13 @@ def test_conf_model_yaml_matches_presets() -> None:
             assert node[key] == pytest.approx(value), (name, key)
     tiny = OmegaConf.to_container(OmegaConf.load(conf / "var_tiny.yaml"), resolve=True)
     assert VAR.from_config(tiny).scales == Scales.of(SCALES)  # type: ignore[arg-type]
+
+
+def test_plain_dot_product_attention_variant_is_consistent() -> None:
+    model, quantizer = _tiny(qk_l2_norm=False, depth=3), _quantizer()
+    assert all(not hasattr(block.attention, "log_scale") for block in model.blocks)
+    labels = torch.tensor([2, 9])
+    result = model.generate(labels, quantizer, cfg=1.0, top_k=1)
+    weights = [1.0 * k / (len(SCALES) - 1) for k in range(len(SCALES))]
+    expected = _teacher_forced_argmax(model, quantizer, labels, result.tokens, weights)
+    assert all(torch.equal(a, b) for a, b in zip(result.tokens, expected))

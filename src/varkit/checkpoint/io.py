@@ -180,10 +180,7 @@ def convert_official(
 
 
 def _convert_vqvae(state: Mapping[str, torch.Tensor], config: Mapping[str, Any], output: Path) -> Path:
-    """Import with :mod:`varkit.checkpoint.vqvae` and save with its :func:`build_vqvae` arguments as config."""
-    from varkit.checkpoint.vqvae import official_vqvae_tokenizer_config, vqvae_from_official
+    """Import with :mod:`varkit.checkpoint.vqvae` and save with the model's ``config`` (build_vqvae arguments)."""
+    from varkit.checkpoint.vqvae import vqvae_from_official
 
-    tokenizer, quantizer, scales = official_vqvae_tokenizer_config(config)
-    model = vqvae_from_official(state, config)
-    build_args = {"tokenizer": tokenizer, "quantizer": quantizer, "scales": scales.as_list()}
-    return save_pretrained(model, output, config=build_args)
+    return save_pretrained(vqvae_from_official(state, config), output)

@@ -51,6 +51,14 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
         )
     if cfg.trainer.get("accumulate_grad_batches", 1) not in (1, None):
         raise ConfigError("trainer.accumulate_grad_batches must be 1 for the tokenizer (manual optimisation)")
+    gan = cfg.get("gan") or {}
+    if gan.get("enabled") and cfg.trainer.get("strategy") == "ddp":
+        # the discriminator's backward leaves the VQVAE's parameters without gradients: plain DDP would wait for
+        # them forever (or fail on the next step)
+        raise ConfigError(
+            "gan.enabled needs trainer.strategy=ddp_find_unused_parameters_true under DDP (two backward passes per "
+            "step, each leaving one network without gradients)"
+        )
     module = TokenizerModule.from_config(cfg)
     image_size = module.vae.image_size
     data_size = cfg.data.get("image_size")

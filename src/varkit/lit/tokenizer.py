@@ -378,7 +378,8 @@ class TokenizerModule(L.LightningModule):
         self.restart_usage.reset()
         if codebook is None or not bool(dead.any()) or not self._pool:
             return 0
-        images = torch.cat(list(self._pool))
+        # restored pools may still sit on the CPU (checkpoints are restored before the model moves)
+        images = torch.cat([batch.to(self.device) for batch in self._pool])
         latents = self.vae.encode_latents(images).float()
         candidates = scale_residuals(self.vae.quantizer, latents, self.vae.scales)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.global_step)
@@ -434,4 +435,4 @@ class TokenizerModule(L.LightningModule):
         self.restart_usage.load_state_dict(health["restart_usage"])
         self._pool.clear()
         for tensor in health["pool"]:
-            self._pool.append(tensor.to(self.device))
+            self._pool.append(tensor)
