@@ -40,7 +40,7 @@ def model_config(depth: int) -> dict[str, Any]:
     return {**official_shape(depth), "attention": "sdpa"}
 
 
-def bare_steps(depth: int, batch: int, runs: int) -> list[float]:
+def bare_steps(depth: int, batch: int, runs: int, bf16: bool = True) -> list[float]:
     from varkit.models.var import VAR
 
     torch.manual_seed(0)
@@ -54,7 +54,7 @@ def bare_steps(depth: int, batch: int, runs: int) -> list[float]:
 
     def once() -> float:
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(labels, inputs, generator=gen)
         loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
         loss.backward()
@@ -66,7 +66,7 @@ def bare_steps(depth: int, batch: int, runs: int) -> list[float]:
     return [once() for _ in range(runs)]
 
 
-def module_steps(depth: int, batch: int, runs: int) -> list[float]:
+def module_steps(depth: int, batch: int, runs: int, bf16: bool = True) -> list[float]:
     import lightning as L
 
     from varkit.cli.train import model_arguments
@@ -101,7 +101,7 @@ def module_steps(depth: int, batch: int, runs: int) -> list[float]:
 
     trainer = L.Trainer(
         accelerator="cpu",
-        precision="bf16-mixed",
+        precision="bf16-mixed" if bf16 else "32-true",
         max_steps=runs + 1,
         logger=False,
         callbacks=[Timer()],
@@ -121,18 +121,23 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=6)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--runs", type=int, default=6)
+    parser.add_argument(
+        "--precision", choices=["bf16", "fp32"], default="bf16", help="fp32 on CPUs without bf16 units (no AMX)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     import logging
 
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    first = bare_steps(args.depth, args.batch, args.runs)
-    through_module = module_steps(args.depth, args.batch, args.runs)
-    second = bare_steps(args.depth, args.batch, args.runs)
+    bf16 = args.precision == "bf16"
+    first = bare_steps(args.depth, args.batch, args.runs, bf16)
+    through_module = module_steps(args.depth, args.batch, args.runs, bf16)
+    second = bare_steps(args.depth, args.batch, args.runs, bf16)
     bare = statistics.median(first + second)
     module = statistics.median(through_module)
-    print(f"VAR-d{args.depth} shape, batch {args.batch}, 680 tokens, bf16 autocast, 2 threads, median of runs")
+    precision = "bf16 autocast" if bf16 else "fp32"
+    print(f"VAR-d{args.depth} shape, batch {args.batch}, 680 tokens, {precision}, 2 threads, median of runs")
     print(f"{'path':>22} {'step s':>8} {'runs':>5}")
     print(f"{'bare model':>22} {bare:>8.3f} {len(first + second):>5}")
     print(f"{'VARModule + Trainer':>22} {module:>8.3f} {len(through_module):>5}")
