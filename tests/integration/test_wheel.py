@@ -49,13 +49,16 @@ def test_wheel_install_finds_conf(repo_root: Path, tmp_path: Path) -> None:
     # dependencies (torch, hydra, ...) come from this environment's site-packages, varkit only from the wheel:
     # a path listed in a .pth file is added to sys.path, but .pth files inside it (our editable install) are not run
     (site / "_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # pip's --python installs into the fresh environment, with console scripts bound to its interpreter
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--prefix", str(env_dir), str(wheel)],
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
         check=True,
         capture_output=True,
         timeout=300,
     )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    # plugins installed in editable mode here are visible by metadata but not importable from the new environment
+    env["VARKIT_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     where = subprocess.run(
         [python, "-c", "import varkit, varkit.config as c; print(varkit.__file__); print(c.config_dir())"],
         capture_output=True,
