@@ -27,9 +27,16 @@ HELP = "run the whole pipeline on the built-in demo data (data -> tokenizer -> t
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="quickstart", help="folder for data/ and runs/ (default: ./quickstart)")
-    parser.add_argument("--tokenizer-steps", type=int, default=400, help="tokenizer training steps")
+    parser.add_argument(
+        "--tokenizer-steps",
+        type=int,
+        default=None,
+        help="tokenizer steps (default: the tokenizer_demo preset)",
+    )
     parser.add_argument("--steps", type=int, default=600, help="transformer training steps")
-    parser.add_argument("--tokenizer-batch-size", type=int, default=16, help="batch size of the tokenizer stage")
+    parser.add_argument(
+        "--tokenizer-batch-size", type=int, default=None, help="tokenizer batch size (default: the preset's)"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="batch size of the transformer stage")
     parser.add_argument("--train-per-class", type=int, default=400, help="demo training images per class")
     parser.add_argument("--val-per-class", type=int, default=20, help="demo validation images per class")
@@ -126,9 +133,10 @@ def run(args: argparse.Namespace) -> int:
             "tokenizer",
             [
                 "train-tokenizer",
+                "experiment=tokenizer_demo",  # the tokenizer stage's own CPU demo preset
                 *common,
-                f"trainer.max_steps={args.tokenizer_steps}",
-                f"data.batch_size={args.batch_size}",
+                *([f"trainer.max_steps={args.tokenizer_steps}"] if args.tokenizer_steps else []),
+                *([f"data.batch_size={args.tokenizer_batch_size}"] if args.tokenizer_batch_size else []),
             ],
             tokenizer_dir / "config.json",
         ),
