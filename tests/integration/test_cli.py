@@ -25,7 +25,18 @@ def varkit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[s
 def test_help_lists_commands() -> None:
     out = varkit("--help")
     assert out.returncode == 0
-    for command in ("list", "config", "data", "train-tokenizer", "train", "sample"):
+    for command in (
+        "list",
+        "config",
+        "data",
+        "train-tokenizer",
+        "train",
+        "sample",
+        "eval",
+        "edit",
+        "convert",
+        "quickstart",
+    ):
         assert command in out.stdout, command
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
-HELP = "list registered components (quantizers, scale schedules, attention kernels, guidance schedules)"
+HELP = "list registered components (quantizers, scale schedules, attention kernels, guidance schedules, evaluators)"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", nargs="?", help="only this kind (quantizer, schedule, attention, cfg_schedule)")
+    parser.add_argument(
+        "kind", nargs="?", help="only this kind (quantizer, schedule, attention, cfg_schedule, evaluator)"
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
