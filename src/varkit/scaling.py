@@ -241,7 +241,8 @@ def plot_scaling(points: Sequence[ScalingPoint], compute_fit: PowerLawFit, path:
         label += f" + {compute_fit.constant:.3g}"
     left.loglog(line, compute_fit.predict(line), "--", color="tab:red", label=label)
     for point in points:
-        left.annotate(f"d{point.depth}", (point.compute, point.loss), textcoords="offset points", xytext=(4, 4))
+        tag = f"d{point.depth}/{point.steps}"
+        left.annotate(tag, (point.compute, point.loss), textcoords="offset points", xytext=(4, 4), fontsize=7)
     left.set_xlabel("training compute C = 6 N D (FLOPs)")
     left.set_ylabel("final validation loss (cross-entropy)")
     left.set_title(f"loss vs compute  (alpha = {compute_fit.exponent:.3f}, Pearson r = {compute_fit.pearson_r:.3f})")
@@ -249,15 +250,16 @@ def plot_scaling(points: Sequence[ScalingPoint], compute_fit: PowerLawFit, path:
     left.grid(True, which="both", alpha=0.3)
     right.loglog(parameters, loss, "s", color="tab:green")
     for point in points:
-        right.annotate(f"d{point.depth}", (point.parameters, point.loss), textcoords="offset points", xytext=(4, 4))
+        tag = f"d{point.depth}/{point.steps}"
+        right.annotate(tag, (point.parameters, point.loss), textcoords="offset points", xytext=(4, 4), fontsize=7)
     right.set_xlabel("parameters N")
     right.set_title(f"loss vs parameters  (Pearson r = {pearson(np.log(parameters), np.log(loss)):.3f})")
     right.grid(True, which="both", alpha=0.3)
     for axes in (left, right):
         # losses span a narrow range: plain numbers on the y axis, no crowded minor labels on the x axis
         axes.xaxis.set_minor_formatter(NullFormatter())
-        axes.yaxis.set_major_formatter(FormatStrFormatter("%.2f"))
-        axes.yaxis.set_minor_formatter(FormatStrFormatter("%.2f"))
+        axes.yaxis.set_major_formatter(FormatStrFormatter("%.3f"))
+        axes.yaxis.set_minor_formatter(FormatStrFormatter("%.3f"))
         axes.title.set_fontsize(10)
     figure.tight_layout()
     figure.savefig(path)

@@ -35,4 +35,6 @@ def test_scaling_command_trains_each_depth_and_fits(tmp_path: Path) -> None:
     assert all(p["compute"] == pytest.approx(6 * p["parameters"] * p["tokens"]) for p in points)
     assert abs(report["pearson_r"]) == pytest.approx(1.0)  # two points lie on a line
     # finished runs are reused: a second call only refits
-    assert scaling.run(parser.parse_args([*map(str, ["--root", tmp_path, "--depths", 1, 2]), "--report-only"])) == 0
+    again = parser.parse_args([*map(str, ["--root", tmp_path, "--depths", 1, 2, "--steps", 2]), "--report-only"])
+    assert scaling.run(again) == 0
+    assert sorted(p.name for p in (tmp_path / "runs").glob("scaling-d*")) == ["scaling-d1-s2", "scaling-d2-s2"]

@@ -136,8 +136,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbose = any(a in ("-v", "--verbose") for a in args_list[:1])
     if verbose:
         args_list = args_list[1:]
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="[varkit] %(message)s")
-
     from varkit.plugins import PluginError, load_plugins
 
     try:
@@ -147,8 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     modules = _available()
     if args_list and args_list[0] in modules and hasattr(modules[args_list[0]], "CONFIG_NAME"):
+        # Hydra configures logging for its jobs (conf/hydra/default.yaml); a second root handler would print twice
         module = modules[args_list[0]]
         return run_hydra(args_list[0], module.CONFIG_NAME, module.run, args_list[1:])
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="[varkit] %(message)s")
 
     parser = build_parser(modules)
     args = parser.parse_args(args_list)

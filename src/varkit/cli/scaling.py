@@ -7,13 +7,15 @@ final validation loss against training compute ``C = 6 N D``: ``L = a * C^(-alph
 * ``<output>/scaling.png`` — loss vs compute with the fitted line, and loss vs parameters (log-log);
 * ``<output>/scaling.json`` — the exponent ``alpha``, the Pearson ``r`` of the log-log points, every point.
 
-Each training is an ordinary ``varkit train experiment=scaling_demo ...`` subprocess with its own run directory
-``runs/scaling-d<depth>`` (a finished one is reused, an interrupted one resumes). The demo tokens must exist
+Several ``--steps`` values also sweep the training budget (every depth x every budget). Each training is an
+ordinary ``varkit train experiment=scaling_demo ...`` subprocess with its own run directory
+``runs/scaling-d<depth>-s<steps>`` (a finished one is reused, an interrupted one resumes). The demo tokens must exist
 (``varkit quickstart``, or ``--prepare`` to make them: demo images, a short tokenizer run, tokenization).
 
 Examples::
 
-    varkit scaling --prepare                            # depths 1 2 3 4, 300 steps each (~15-25 min on 2 CPUs)
+    varkit scaling --prepare                            # depths 1 2 3 4, 300 steps each
+    varkit scaling --depths 1 2 --steps 50 150 300      # depth x training budget
     varkit scaling --depths 2 4 6 --steps 1000 trainer=gpu
     varkit scaling --report-only                        # refit and replot finished runs
 """
@@ -40,7 +42,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depths", type=int, nargs="+", default=[1, 2, 3, 4], help="transformer depths")
     parser.add_argument("--width-per-depth", type=int, default=64, help="width = this * depth (default 64)")
     parser.add_argument("--head-size", type=int, default=64, help="heads = width / head size (default 64)")
-    parser.add_argument("--steps", type=int, default=300, help="training steps of every run")
+    parser.add_argument(
+        "--steps", type=int, nargs="+", default=[300], help="training steps; several values sweep the budget too"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="batch size of every run")
     parser.add_argument("--metric", default="val/ce", help="the loss to fit (a column of csv/metrics.csv)")
     parser.add_argument("--fit-constant", action="store_true", help="fit L = a C^-alpha + c (needs >= 3 runs)")
@@ -99,15 +103,20 @@ def _prepare(root: Path, tokenizer_steps: int, batch_size: int, logs: Path) -> N
         _varkit(arguments, logs / f"prepare-{title.replace(' ', '-')}.log")
 
 
-def run_arguments(root: Path, depth: int, args: argparse.Namespace) -> list[str]:
-    """The ``varkit train`` arguments of the run at ``depth``."""
+def run_name(depth: int, steps: int) -> str:
+    """The run directory name (``runs/<name>``) of one depth and step budget."""
+    return f"scaling-d{depth}-s{steps}"
+
+
+def run_arguments(root: Path, depth: int, steps: int, args: argparse.Namespace) -> list[str]:
+    """The ``varkit train`` arguments of the run at ``depth`` trained for ``steps``."""
     width = args.width_per_depth * depth
     if width % args.head_size:
         raise ValueError(f"width {width} is not a multiple of the head size {args.head_size}")
     return [
-        "train", "experiment=scaling_demo", f"paths.root={root}", f"name=scaling-d{depth}",
+        "train", "experiment=scaling_demo", f"paths.root={root}", f"name={run_name(depth, steps)}",
         f"model.depth={depth}", f"model.width={width}", f"model.num_heads={width // args.head_size}",
-        f"trainer.max_steps={args.steps}", f"data.batch_size={args.batch_size}",
+        f"trainer.max_steps={steps}", f"data.batch_size={args.batch_size}",
         f"export.classes={root / 'data' / 'demo' / 'classes.json'}", *args.overrides,
     ]  # fmt: skip
 
@@ -126,18 +135,18 @@ def run(args: argparse.Namespace) -> int:
         if not tokens.is_file() and not any("data." in o for o in args.overrides):
             raise ConfigError(f"no demo tokens at {tokens.parent}: run `varkit scaling --prepare` (or quickstart)")
         for depth in args.depths:
-            run_dir = root / "runs" / f"scaling-d{depth}"
-            if (run_dir / "model" / "config.json").is_file():
-                sys.stdout.write(f"depth {depth}: already trained ({run_dir})\n")
-                continue
-            sys.stdout.write(f"depth {depth}: varkit train ... ({args.steps} steps)\n")
-            sys.stdout.flush()
-            started = time.perf_counter()
-            _varkit(run_arguments(root, depth, args), logs / f"train-d{depth}.log")
-            sys.stdout.write(f"depth {depth}: done in {time.perf_counter() - started:.0f} s\n")
+            for steps in args.steps:
+                run_dir = root / "runs" / run_name(depth, steps)
+                if (run_dir / "model" / "config.json").is_file():
+                    sys.stdout.write(f"depth {depth}, {steps} steps: already trained ({run_dir})\n")
+                    continue
+                sys.stdout.write(f"depth {depth}, {steps} steps: varkit train ...\n")
+                sys.stdout.flush()
+                started = time.perf_counter()
+                _varkit(run_arguments(root, depth, steps, args), logs / f"train-{run_name(depth, steps)}.log")
+                sys.stdout.write(f"depth {depth}, {steps} steps: done in {time.perf_counter() - started:.0f} s\n")
     points = []
-    for depth in args.depths:
-        run_dir = root / "runs" / f"scaling-d{depth}"
+    for run_dir in (root / "runs" / run_name(d, s) for d in args.depths for s in args.steps):
         try:
             points.append(collect_run(run_dir, metric=args.metric))
         except (FileNotFoundError, ValueError, KeyError) as err:
@@ -147,9 +156,11 @@ def run(args: argparse.Namespace) -> int:
     parameter_fit = fit_power_law([p.parameters for p in points], [p.loss for p in points])
     plot = plot_scaling(points, compute_fit, output / "scaling.png")
     report = write_report(points, compute_fit, output / "scaling.json", parameter_fit=parameter_fit, metric=args.metric)
-    sys.stdout.write("depth  params      tokens        compute (FLOPs)  loss\n")
+    sys.stdout.write("depth  steps  params      tokens        compute (FLOPs)  loss\n")
     for p in points:
-        sys.stdout.write(f"{p.depth:5d}  {p.parameters:10,d}  {p.tokens:12,d}  {p.compute:15.3e}  {p.loss:.4f}\n")
+        sys.stdout.write(
+            f"{p.depth:5d}  {p.steps:5d}  {p.parameters:10,d}  {p.tokens:12,d}  {p.compute:15.3e}  {p.loss:.4f}\n"
+        )
     sys.stdout.write(
         f"fit: L = {compute_fit.coefficient:.4g} * C^-{compute_fit.exponent:.4f}"
         + (f" + {compute_fit.constant:.4g}" if compute_fit.constant else "")
