@@ -20,10 +20,10 @@ from varkit.registry import REGISTRIES, SCALE_SCHEDULES, UnknownComponentError
 __all__ = [
     "ALLOWED_TARGET_PREFIXES",
     "ConfigError",
-    "register_resolvers",
     "build_scales",
     "compose",
     "config_dir",
+    "register_resolvers",
     "safe_instantiate",
     "to_plain",
     "validate_components",

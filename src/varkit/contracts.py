@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -53,7 +54,7 @@ class Scales:
         for hw in sizes:
             if len(hw) != 2 or any((not isinstance(v, int)) or isinstance(v, bool) or v < 1 for v in hw):
                 raise InvalidScalesError(f"every scale must be a positive int or an (h, w) pair of them, got {hw!r}")
-        for (h0, w0), (h1, w1) in zip(sizes, sizes[1:], strict=False):
+        for (h0, w0), (h1, w1) in itertools.pairwise(sizes):
             if h1 < h0 or w1 < w0 or (h1, w1) == (h0, w0):
                 raise InvalidScalesError(
                     f"scales must grow strictly from coarse to fine; {h0}x{w0} is followed by {h1}x{w1} "
