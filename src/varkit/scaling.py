@@ -224,7 +224,7 @@ def plot_scaling(points: Sequence[ScalingPoint], compute_fit: PowerLawFit, path:
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+    from matplotlib.ticker import FormatStrFormatter, FuncFormatter, LogLocator, NullFormatter
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -256,7 +256,9 @@ def plot_scaling(points: Sequence[ScalingPoint], compute_fit: PowerLawFit, path:
     right.set_title(f"loss vs parameters  (Pearson r = {pearson(np.log(parameters), np.log(loss)):.3f})")
     right.grid(True, which="both", alpha=0.3)
     for axes in (left, right):
-        # losses span a narrow range: plain numbers on the y axis, no crowded minor labels on the x axis
+        # losses span a narrow range: plain numbers on the y axis; 1-2-5 labels on x even within one decade
+        axes.xaxis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
+        axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.0e}"))
         axes.xaxis.set_minor_formatter(NullFormatter())
         axes.yaxis.set_major_formatter(FormatStrFormatter("%.3f"))
         axes.yaxis.set_minor_formatter(FormatStrFormatter("%.3f"))

@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "edit": "varkit.cli.edit",
     "convert": "varkit.cli.convert",
     "quickstart": "varkit.cli.quickstart",
+    "scaling": "varkit.cli.scaling",
 }
 
 EXIT_CONFIG_ERROR = 2
@@ -95,9 +96,11 @@ def run_hydra(command: str, config_name: str, task: Callable[[Any], Any], argv: 
                 raise
             return None
 
+    from varkit.tracking import null_overrides
+
     app = hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(job)
     saved = sys.argv
-    sys.argv = [f"varkit {command}", *argv]
+    sys.argv = [f"varkit {command}", *null_overrides(argv)]
     try:
         app()
     except errors:

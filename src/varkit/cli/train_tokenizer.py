@@ -43,6 +43,7 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
 
     from varkit.config import ConfigError, safe_instantiate
     from varkit.lit.tokenizer import TokenizerModule
+    from varkit.tracking import build_loggers
 
     L.seed_everything(int(cfg.seed), workers=True)
     if cfg.trainer.get("gradient_clip_val") is not None:
@@ -70,13 +71,15 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
         )
     datamodule = safe_instantiate(cfg.data)
     callbacks = _instantiate_group(cfg.get("callbacks"))
-    loggers = _instantiate_group(cfg.get("logger"))
+    loggers = build_loggers(cfg.get("logger"))
     trainer = safe_instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return module, datamodule, trainer
 
 
 def run(cfg: DictConfig) -> None:
+    from varkit.config import to_plain
     from varkit.lit.export import export_tokenizer
+    from varkit.tracking import finish_wandb_runs, log_run_info
 
     module, datamodule, trainer = build_training(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -84,7 +87,11 @@ def run(cfg: DictConfig) -> None:
     resume = bool(cfg.get("resume", True)) and any(checkpoints.glob("last*.ckpt"))
     if resume:
         logger.info("resuming from %s", checkpoints / "last.ckpt")
-    trainer.fit(module, datamodule=datamodule, ckpt_path="last" if resume else None)
+    log_run_info(trainer.loggers, to_plain(cfg), world_size=trainer.world_size)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path="last" if resume else None)
+    finally:
+        finish_wandb_runs(trainer.loggers)
     if trainer.interrupted:
         return
     if trainer.is_global_zero:
