@@ -230,19 +230,3 @@ def test_npz_refuses_non_adm_layout(tmp_path: Path) -> None:
         save_npz(np.zeros((2, 3, 8, 8), np.uint8), tmp_path / "x.npz")
     path = save_npz(np.zeros((2, 8, 8, 3), np.uint8), tmp_path / "x.npz")
     assert np.load(path)["arr_0"].shape == (2, 8, 8, 3)
-
-
-def test_wandb_goes_offline_without_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from varkit.cli.train import resolve_wandb_mode
-
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("NETRC", raising=False)
-    assert resolve_wandb_mode("online") == "offline"
-    assert resolve_wandb_mode("auto") == "offline"
-    assert resolve_wandb_mode("disabled") == "disabled"
-    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password secret\n")
-    (tmp_path / ".netrc").chmod(0o600)
-    assert resolve_wandb_mode("auto") == "online"
-    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    assert resolve_wandb_mode("online") == "online"

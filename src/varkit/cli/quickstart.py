@@ -33,7 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="tokenizer steps (default: the tokenizer_demo preset)",
     )
-    parser.add_argument("--steps", type=int, default=600, help="transformer training steps")
+    parser.add_argument("--steps", type=int, default=900, help="transformer training steps")
     parser.add_argument(
         "--tokenizer-batch-size", type=int, default=None, help="tokenizer batch size (default: the preset's)"
     )

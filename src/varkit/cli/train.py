@@ -18,14 +18,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import netrc
-import os
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 HELP = "train the VAR transformer on a frozen tokenizer's tokens (Lightning), then export it to <run>/model"
 CONFIG_NAME = "train_var"
@@ -36,42 +34,13 @@ logger = logging.getLogger(__name__)
 TOKENIZER_KEYS = ("scales", "codebook_size", "code_dim")
 
 
-def wandb_credentials_configured() -> bool:
-    """Whether W&B could log in without asking: ``WANDB_API_KEY`` is set or a netrc entry for the API host exists."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
-    try:
-        return netrc.netrc().authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
-
-
-def resolve_wandb_mode(mode: str | None) -> str:
-    """``offline`` when no credentials are configured (unless ``disabled``); otherwise the requested mode."""
-    if mode in ("disabled", "offline"):
-        return str(mode)
-    if not wandb_credentials_configured():
-        logger.info("no W&B credentials (WANDB_API_KEY unset, no netrc entry): logging offline")
-        return "offline"
-    return "online" if mode in (None, "auto") else str(mode)
-
-
-def instantiate_group(node: Any, *, wandb_mode: bool = False) -> list[Any]:
-    """Objects of a ``{key: {_target_: ...}}`` group (callbacks, loggers); null entries are skipped."""
+def instantiate_group(node: Any) -> list[Any]:
+    """Objects of a ``{key: {_target_: ...}}`` group (callbacks); null entries are skipped."""
     from varkit.config import safe_instantiate
 
     if not node:
         return []
-    objects = []
-    for entry in node.values():
-        if entry is None or "_target_" not in entry:
-            continue
-        if wandb_mode and str(entry["_target_"]).endswith("WandbLogger"):
-            entry = OmegaConf.create(OmegaConf.to_container(entry, resolve=True))
-            entry["mode"] = resolve_wandb_mode(entry.get("mode"))
-        objects.append(safe_instantiate(entry))
-    return objects
+    return [safe_instantiate(entry) for entry in node.values() if entry is not None and "_target_" in entry]
 
 
 def model_arguments(model: Mapping[str, Any], tokenizer: Any, attention: Any = None) -> dict[str, Any]:
@@ -114,6 +83,7 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
     from varkit.data.streaming import mix_seed
     from varkit.lit.tokenizer_source import load_tokenizer, resolve_tokenizer_dir
     from varkit.lit.var_module import VARModule
+    from varkit.tracking import build_loggers, log_run_info
 
     L.seed_everything(int(cfg.seed), workers=True)  # same initial weights on every rank
     tokenizer_dir = resolve_tokenizer_dir(cfg.tokenizer.path)
@@ -143,12 +113,10 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
         tokenizer_path=str(tokenizer_dir),
     )
     callbacks = instantiate_group(cfg.get("callbacks"))
-    loggers = instantiate_group(cfg.get("logger"), wandb_mode=True)
+    loggers = build_loggers(cfg.get("logger"))  # W&B goes offline by itself without credentials
     trainer = safe_instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     torch.manual_seed(mix_seed(int(cfg.seed), trainer.global_rank))  # per-rank stream for drop path
-    for experiment_logger in loggers:
-        if type(experiment_logger).__name__ == "WandbLogger" and trainer.is_global_zero:
-            experiment_logger.experiment.config.update({"run_config": plain}, allow_val_change=True)
+    log_run_info(loggers, plain, world_size=trainer.world_size)
     return module, datamodule, trainer
 
 
@@ -193,8 +161,13 @@ def run(cfg: DictConfig) -> None:
     resume = bool(cfg.get("resume", True)) and any(checkpoints.glob("last*.ckpt"))
     if resume:
         logger.info("resuming from %s", checkpoints / "last.ckpt")
-    with relaunchable_argv("train"):
-        trainer.fit(module, datamodule=datamodule, ckpt_path="last" if resume else None)
+    from varkit.tracking import finish_wandb_runs
+
+    try:
+        with relaunchable_argv("train"):
+            trainer.fit(module, datamodule=datamodule, ckpt_path="last" if resume else None)
+    finally:
+        finish_wandb_runs(trainer.loggers)
     if trainer.interrupted:
         return
     if trainer.is_global_zero:
