@@ -28,6 +28,13 @@ HELP = "run the whole pipeline on the built-in demo data (data -> tokenizer -> t
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="quickstart", help="folder for data/ and runs/ (default: ./quickstart)")
     parser.add_argument(
+        "--tokenizer-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra Hydra override for `varkit train-tokenizer` (repeatable), e.g. quantizer=msfsq schedule=linear",
+    )
+    parser.add_argument(
         "--tokenizer-steps",
         type=int,
         default=None,
@@ -137,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
                 *common,
                 *([f"trainer.max_steps={args.tokenizer_steps}"] if args.tokenizer_steps else []),
                 *([f"data.batch_size={args.tokenizer_batch_size}"] if args.tokenizer_batch_size else []),
+                *args.tokenizer_override,
             ],
             tokenizer_dir / "config.json",
         ),

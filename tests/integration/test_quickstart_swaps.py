@@ -1,0 +1,35 @@
+"""Swapping components with one override each runs the quickstart pipeline end to end (issue: swappable parts)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_quickstart_with_msfsq_linear_schedule_and_eager_attention(tmp_path: Path) -> None:
+    command = [
+        sys.executable, "-m", "varkit", "quickstart", "--output", str(tmp_path / "qs"),
+        "--tokenizer-steps", "4", "--steps", "4", "--train-per-class", "8", "--val-per-class", "2",
+        "--per-class", "1", "--batch-size", "8",
+        "--tokenizer-override", "quantizer=msfsq",
+        "--tokenizer-override", "schedule=linear",
+        "--tokenizer-override", "schedule.num_scales=5",
+        "--tokenizer-override", "schedule.latent_size=8",
+        "attention=eager",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = tmp_path / "qs" / "runs"
+    tokenizer = json.loads((runs / "tokenizer-demo" / "tokenizer" / "config.json").read_text())["config"]
+    model = json.loads((runs / "var-demo" / "model" / "config.json").read_text())["config"]
+    assert tokenizer["quantizer"]["name"] == "msfsq" and tokenizer["scales"] == [1, 3, 4, 6, 8]
+    # the transformer takes schedule and vocabulary from the tokenizer: 8*8*8*6*5 implicit FSQ codes
+    assert model["scales"] == [1, 3, 4, 6, 8] and model["codebook_size"] == 15360
+    assert model["attention"]["name"] == "eager"
+    assert (runs / "var-demo" / "samples" / "grid.png").is_file()
