@@ -23,6 +23,7 @@ __all__ = [
     "build_scales",
     "compose",
     "config_dir",
+    "instantiate_group",
     "register_resolvers",
     "safe_instantiate",
     "to_plain",
@@ -138,6 +139,11 @@ def safe_instantiate(node: Any, **kwargs: Any) -> Any:
 
     check_targets(node)
     return instantiate(node, **kwargs)
+
+
+def instantiate_group(group: Any) -> list[Any]:
+    """Objects of a ``{key: {_target_: ...}}`` config group (callbacks, loggers); null entries are skipped."""
+    return [safe_instantiate(entry) for entry in (group or {}).values() if entry is not None and "_target_" in entry]
 
 
 def validate_components(cfg: DictConfig | Mapping[str, Any]) -> None:

@@ -34,15 +34,6 @@ logger = logging.getLogger(__name__)
 TOKENIZER_KEYS = ("scales", "codebook_size", "code_dim")
 
 
-def instantiate_group(node: Any) -> list[Any]:
-    """Objects of a ``{key: {_target_: ...}}`` group (callbacks); null entries are skipped."""
-    from varkit.config import safe_instantiate
-
-    if not node:
-        return []
-    return [safe_instantiate(entry) for entry in node.values() if entry is not None and "_target_" in entry]
-
-
 def model_arguments(model: Mapping[str, Any], tokenizer: Any, attention: Any = None) -> dict[str, Any]:
     """:class:`VAR` arguments: the ``model`` group with the tokenizer's scales/codebook and the attention kernel."""
     from varkit.config import to_plain
@@ -79,7 +70,7 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
     import lightning as L
     import torch
 
-    from varkit.config import ConfigError, safe_instantiate, to_plain
+    from varkit.config import ConfigError, instantiate_group, safe_instantiate, to_plain
     from varkit.data.streaming import mix_seed
     from varkit.lit.tokenizer_source import load_tokenizer, resolve_tokenizer_dir
     from varkit.lit.var_module import VARModule

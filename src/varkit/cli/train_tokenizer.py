@@ -28,20 +28,11 @@ CONFIG_NAME = "train_tokenizer"
 logger = logging.getLogger(__name__)
 
 
-def _instantiate_group(node: Any) -> list[Any]:
-    """Objects of a ``{key: {_target_: ...}}`` group (callbacks, loggers); entries set to null are skipped."""
-    from varkit.config import safe_instantiate
-
-    if not node:
-        return []
-    return [safe_instantiate(entry) for entry in node.values() if entry is not None and "_target_" in entry]
-
-
 def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
     """``(module, datamodule, trainer)`` from a composed ``train_tokenizer`` config (no training yet)."""
     import lightning as L
 
-    from varkit.config import ConfigError, safe_instantiate
+    from varkit.config import ConfigError, instantiate_group, safe_instantiate
     from varkit.lit.tokenizer import TokenizerModule
     from varkit.tracking import build_loggers
 
@@ -70,7 +61,7 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
             f"data.image_size={data_size} differs from the tokenizer's image_size={image_size[0]}; set both the same"
         )
     datamodule = safe_instantiate(cfg.data)
-    callbacks = _instantiate_group(cfg.get("callbacks"))
+    callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = build_loggers(cfg.get("logger"))
     trainer = safe_instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return module, datamodule, trainer

@@ -27,12 +27,14 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from varkit.lit.periodic import PeriodicCallback
+
 __all__ = ["SampleQuality"]
 
 logger = logging.getLogger(__name__)
 
 
-class SampleQuality(L.Callback):
+class SampleQuality(PeriodicCallback):
     """Every ``every_n_steps`` optimiser steps (and at the end), log FID/IS of freshly generated samples.
 
     Args:
@@ -73,7 +75,7 @@ class SampleQuality(L.Callback):
     ) -> None:
         self.reference_spec = reference if isinstance(reference, str) else list(reference)
         self.evaluator_spec = dict(evaluator) if evaluator is not None else {"name": "tiny"}
-        self.every_n_steps = int(every_n_steps)
+        super().__init__(every_n_steps, at_end)
         self.classes = list(classes) if classes is not None else None
         self.max_classes = int(max_classes)
         self.per_class = int(per_class)
@@ -91,24 +93,16 @@ class SampleQuality(L.Callback):
         self.precision_recall = bool(precision_recall)
         self.seed = int(seed)
         self.batch_size = int(batch_size)
-        self.at_end = bool(at_end)
         self.last_metrics: dict[str, Any] | None = None
-        self._last_step = -1
         self._extractor: Any = None
         self._reference: Any = None
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        step = trainer.global_step
-        if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
-            self.evaluate(trainer, pl_module)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.at_end and trainer.global_step != self._last_step:
-            self.evaluate(trainer, pl_module)
+    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._evaluate_rank_zero(trainer, pl_module)
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._last_step = trainer.global_step
-        self._evaluate_rank_zero(trainer, pl_module)
+        """Evaluate now (also outside the schedule)."""
+        self._trigger(trainer, pl_module)
 
     def _reference_for(self, image_size: int, device: str) -> Any:
         from varkit.data.shards import expand_urls

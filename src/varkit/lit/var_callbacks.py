@@ -21,6 +21,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
+from varkit.lit.periodic import PeriodicCallback
+
 __all__ = ["EMA", "SampleGrid", "Throughput", "find_ema"]
 
 logger = logging.getLogger(__name__)
@@ -151,7 +153,7 @@ def sample_class_grid(
     return torch.cat(chunks)
 
 
-class SampleGrid(L.Callback):
+class SampleGrid(PeriodicCallback):
     """Every ``every_n_steps`` optimiser steps (and at the end), sample one row of ``per_class`` images per class.
 
     Args:
@@ -184,7 +186,7 @@ class SampleGrid(L.Callback):
         dirname: str = "samples",
         at_end: bool = True,
     ) -> None:
-        self.every_n_steps = int(every_n_steps)
+        super().__init__(every_n_steps, at_end)
         self.classes = list(classes) if classes is not None else None
         self.max_classes = int(max_classes)
         self.per_class = int(per_class)
@@ -200,22 +202,14 @@ class SampleGrid(L.Callback):
         self.batch_size = int(batch_size)
         self.upscale = int(upscale)
         self.dirname = dirname
-        self.at_end = bool(at_end)
-        self._last_sampled = -1
         self.last_path: Path | None = None
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        step = trainer.global_step
-        if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0 and step != self._last_sampled:
-            self.sample(trainer, pl_module)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.at_end and trainer.global_step != self._last_sampled:
-            self.sample(trainer, pl_module)
+    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._sample_rank_zero(trainer, pl_module)
 
     def sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._last_sampled = trainer.global_step
-        self._sample_rank_zero(trainer, pl_module)
+        """Sample a grid now (also outside the schedule)."""
+        self._trigger(trainer, pl_module)
 
     @rank_zero_only
     def _sample_rank_zero(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -1,0 +1,36 @@
+"""A callback base for work done every N optimiser steps and/or when training ends (once per step at most)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+
+__all__ = ["PeriodicCallback"]
+
+
+class PeriodicCallback(L.Callback):
+    """Calls :meth:`run` every ``every_n_steps`` optimiser steps (0: never periodically) and, with ``at_end``,
+    when training ends; never twice for the same ``global_step`` (gradient accumulation, end right after a period).
+    """
+
+    def __init__(self, every_n_steps: int, at_end: bool) -> None:
+        self.every_n_steps = int(every_n_steps)
+        self.at_end = bool(at_end)
+        self._last_step = -1
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
+            self._trigger(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.at_end and trainer.global_step != self._last_step:
+            self._trigger(trainer, pl_module)
+
+    def _trigger(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_step = trainer.global_step
+        self.run(trainer, pl_module)
+
+    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        raise NotImplementedError
