@@ -241,3 +241,17 @@ def test_validation_uses_fewer_workers_when_shards_are_few(tmp_path):
     loader = dm.val_dataloader()
     assert loader.num_workers == 1
     assert sorted(i for images, _ in loader for i in _ids(images)) == [0, 1, 2, 3, 8, 9, 10, 11]
+
+
+def test_validation_cut_short_starts_from_the_same_samples_every_time(tmp_path):
+    """limit_val_batches breaks validation off mid-stream; the next run must see the same samples again."""
+    root = write_dataset(tmp_path / "s", num_samples=24, per_shard=6)
+    dm = WebDataModule(None, str(root), image_size=SIZE, mid_reso=1.0, batch_size=4, rank=0, world_size=1)
+    loader = dm.val_dataloader()
+    first = collect(loader, max_batches=2)
+    second = collect(loader, max_batches=2)
+    assert first == second == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    # a training stream, in contrast, continues where it stopped
+    train = make_loader(str(root), batch_size=4)
+    assert collect(train, max_batches=1) == [[0, 1, 2, 3]]
+    assert collect(train, max_batches=1) == [[4, 5, 6, 7]]

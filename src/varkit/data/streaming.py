@@ -243,6 +243,9 @@ class StreamLoader:
         prefetched_batches: batches the consumer fetches ahead of the one it is working on; ``state_dict``
             excludes them. ``None`` follows Lightning's rule (one batch ahead when the loader has no length).
         pin_memory: as in ``torch.utils.data.DataLoader``.
+        rewind: start every iteration from the beginning of the stream (validation: a run cut short by
+            ``limit_val_batches`` must not make the next validation run see different samples, or metrics logged
+            at different steps would not be comparable). Training streams continue where they stopped.
     """
 
     def __init__(
@@ -253,6 +256,7 @@ class StreamLoader:
         batches_per_epoch: int | None = None,
         prefetched_batches: int | None = None,
         pin_memory: bool = False,
+        rewind: bool = False,
     ) -> None:
         dataset.check_readers(num_workers)
         if dataset.resampled and not batches_per_epoch:
@@ -263,6 +267,7 @@ class StreamLoader:
         self.batches_per_epoch = batches_per_epoch
         self.prefetched_batches = prefetched_batches
         self.pin_memory = pin_memory
+        self.rewind = rewind
         self.skip_stats = SkipStats()
         self.epoch = 0
         self._batches = 0
@@ -286,7 +291,9 @@ class StreamLoader:
         }
 
     def __iter__(self) -> Iterator[tuple[Any, torch.Tensor]]:
-        if self._epoch_finished or (self.batches_per_epoch and self._batches >= self.batches_per_epoch):
+        if self.rewind:
+            self.epoch, self._batches, self._positions, self._epoch_finished = 0, 0, {}, False
+        elif self._epoch_finished or (self.batches_per_epoch and self._batches >= self.batches_per_epoch):
             self.epoch += 1
             self._batches = 0
             self._positions = {}
@@ -432,7 +439,7 @@ class StreamDataModule(L.LightningDataModule):
             if world <= len(dataset.urls) < world * max(workers, 1):
                 workers = len(dataset.urls) // world
                 logger.info("validation: %d shards for %d ranks: using %d workers", len(dataset.urls), world, workers)
-            self._val = StreamLoader(dataset, num_workers=workers, pin_memory=self.pin_memory)
+            self._val = StreamLoader(dataset, num_workers=workers, pin_memory=self.pin_memory, rewind=True)
 
     def train_dataloader(self) -> StreamLoader:
         if self._train is None:
