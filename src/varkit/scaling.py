@@ -193,7 +193,10 @@ def collect_run(run_dir: str | Path, *, metric: str = "val/ce") -> ScalingPoint:
     run = Path(run_dir)
     exported = json.loads((run / "model" / "config.json").read_text())["config"]
     cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
-    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    last = run / "checkpoints" / "last.ckpt"
+    if last.is_dir():  # a distributed (FSDP2) checkpoint: the trainer state lives in meta.pt
+        last = last / "meta.pt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     steps = int(checkpoint["global_step"])
     trainer = cfg.get("trainer", {})
     devices = trainer.get("devices", 1)

@@ -43,5 +43,9 @@ def test_two_process_cpu_ddp_trains_and_exports(tmp_path: Path) -> None:
     logs = result.stdout + result.stderr
     assert "global batch 16 = 8 per device x 2 devices" in logs
     assert "peak learning rate 0.002" in logs  # 0.032 * 16 / 256
+    # per-rank random streams (drop path, class dropout) are all saved, and they differ between the ranks
+    ranks = checkpoint["varkit_rng"]["ranks"]
+    assert len(ranks) == 2
+    assert not torch.equal(ranks[0]["class_dropout"], ranks[1]["class_dropout"])
     hparams = checkpoint["hyper_parameters"]
     assert hparams["optim"]["batch_size"] == 8

@@ -16,7 +16,6 @@ the EMA callback is on) and a reference to its tokenizer are exported to ``runs/
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import sys
 from collections.abc import Iterator, Mapping
@@ -111,19 +110,39 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
     return module, datamodule, trainer
 
 
-def export_model(module: Any, trainer: Any, cfg: DictConfig, datamodule: Any) -> Path:
-    """Write the trained transformer (EMA weights if configured) + tokenizer reference to ``export.dir``."""
-    from varkit.lit.var_callbacks import find_ema
-    from varkit.sampling_io import write_generator
+def export_state(module: Any, trainer: Any, cfg: DictConfig) -> dict[str, Any]:
+    """The transformer's whole float32 state to export (EMA weights if configured), on the CPU.
 
-    model = copy.deepcopy(module.model).cpu().float()
+    Under FSDP2 the shards are gathered: a collective, so every rank calls it; only rank 0 receives the tensors.
+    """
+    from varkit.lit.fsdp import full_state_dict
+    from varkit.lit.var_callbacks import find_ema
+
+    state = full_state_dict(module.model)
     ema = find_ema(trainer) if cfg.export.get("ema", True) else None
     if ema is not None and ema.shadow:
-        state = model.state_dict()
-        state.update({name: tensor.cpu() for name, tensor in ema.shadow.items()})
-        model.load_state_dict(state)
-    from varkit.data.shards import read_classes
+        state.update(ema.full_shadow())
+    return {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in state.items()}
 
+
+def export_model(
+    module: Any, trainer: Any, cfg: DictConfig, datamodule: Any, state: Mapping[str, Any] | None = None
+) -> Path:
+    """Write the trained transformer (EMA weights if configured) + tokenizer reference to ``export.dir``.
+
+    ``state``: from :func:`export_state` (needed when the model is sharded; computed here otherwise).
+    """
+    from varkit.data.shards import read_classes
+    from varkit.lit.var_callbacks import find_ema
+    from varkit.models.var import VAR
+    from varkit.sampling_io import write_generator
+
+    if state is None:
+        state = export_state(module, trainer, cfg)
+    model = VAR.from_config(module.hparams["model"])  # a plain, unsharded copy to hold the whole weights
+    model.load_state_dict(dict(state), strict=True)
+    model = model.cpu().float().eval()
+    ema = find_ema(trainer) if cfg.export.get("ema", True) else None
     classes_file = cfg.export.get("classes")
     classes = read_classes(classes_file) if classes_file else find_classes(getattr(datamodule, "train_urls", None))
     extra = {"ema": ema is not None, "global_step": int(trainer.global_step)}
@@ -161,6 +180,7 @@ def run(cfg: DictConfig) -> None:
         finish_wandb_runs(trainer.loggers)
     if trainer.interrupted:
         return
+    state = export_state(module, trainer, cfg)  # every rank: gathers the shards under FSDP2
     if trainer.is_global_zero:
-        exported = export_model(module, trainer, cfg, datamodule)
+        exported = export_model(module, trainer, cfg, datamodule, state)
         sys.stdout.write(f"transformer exported to {exported} (sample with: varkit sample model_dir={exported})\n")

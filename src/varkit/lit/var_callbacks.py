@@ -56,18 +56,43 @@ class EMA(L.Callback):
         return "EMA"
 
     def _parameters(self, pl_module: L.LightningModule) -> dict[str, Tensor]:
-        return {n: p for n, p in _transformer(pl_module).named_parameters() if p.requires_grad}
+        from varkit.lit.fsdp import reshard
+
+        model = _transformer(pl_module)
+        reshard(model)  # FSDP2: the average follows the shards, never parameters gathered for a forward
+        return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        parameters = self._parameters(pl_module)
         if not self.shadow:
-            self.shadow = {n: p.detach().float().clone() for n, p in parameters.items()}
+            self.shadow = {n: p.detach().float().clone() for n, p in self._parameters(pl_module).items()}
         else:
-            missing = set(parameters) ^ set(self.shadow)
-            if missing:
-                raise ValueError(f"the restored EMA does not match the model (differing: {sorted(missing)[:5]})")
-            self.shadow = {n: t.to(parameters[n].device) for n, t in self.shadow.items()}
+            self._adopt(pl_module)
         self._last_step = trainer.global_step
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # strategies that restore checkpoints after set-up (ModelParallelStrategy) load the EMA after on_fit_start
+        self._adopt(pl_module)
+        self._last_step = trainer.global_step
+
+    def _adopt(self, pl_module: L.LightningModule) -> None:
+        """Place the (restored, unsharded) average like the parameters: same device, and under FSDP2 the same
+        sharding, so that each rank averages exactly its own shard."""
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        parameters = self._parameters(pl_module)
+        differing = set(parameters) ^ set(self.shadow)
+        if differing:
+            raise ValueError(f"the restored EMA does not match the model (differing: {sorted(differing)[:5]})")
+        for name, parameter in parameters.items():
+            average = self.shadow[name]
+            if average.shape != parameter.shape:
+                raise ValueError(f"the restored EMA of {name} has shape {tuple(average.shape)}, not {parameter.shape}")
+            if isinstance(parameter, DTensor) and not isinstance(average, DTensor):
+                # every rank restored the whole average: keep this rank's chunk, no communication
+                average = distribute_tensor(
+                    average.to(parameter.device), parameter.device_mesh, parameter.placements, src_data_rank=None
+                )
+            self.shadow[name] = average.to(parameter.device)
 
     def current_decay(self) -> float:
         if self.warmup:
@@ -107,9 +132,29 @@ class EMA(L.Callback):
                 for name, parameter in parameters.items():
                     parameter.copy_(saved[name])
 
+    def full_shadow(self) -> dict[str, Tensor]:
+        """The unsharded average on the CPU.
+
+        Under FSDP2 the shards are gathered one tensor at a time (a collective: call it on every rank) and only
+        rank 0 keeps them; the other ranks get ``{}``.
+        """
+        from torch.distributed.tensor import DTensor
+
+        from varkit.lit.fsdp import full_tensor
+
+        rank_zero = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+        averages: dict[str, Tensor] = {}
+        for name, tensor in self.shadow.items():
+            whole = full_tensor(tensor.detach())
+            if rank_zero or not isinstance(tensor, DTensor):
+                averages[name] = whole.cpu()
+        return averages
+
     def state_dict(self) -> dict[str, Any]:
+        # Lightning writes rank 0's callback states (also into meta.pt of a distributed checkpoint), so the average
+        # is stored whole: a checkpoint restores under any strategy and world size
         return {
-            "shadow": {n: t.detach().cpu() for n, t in self.shadow.items()},
+            "shadow": self.full_shadow(),
             "updates": self.updates,
             "decay": self.decay,
         }
@@ -205,7 +250,13 @@ class SampleGrid(PeriodicCallback):
         self.last_path: Path | None = None
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._sample_rank_zero(trainer, pl_module)
+        from varkit.lit.fsdp import is_sharded
+
+        if is_sharded(_transformer(pl_module)):
+            # FSDP2: every forward all-gathers its unit, so all ranks sample the same grid in lockstep
+            self._sample(trainer, pl_module)
+        else:
+            self._sample_rank_zero(trainer, pl_module)
 
     def sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Sample a grid now (also outside the schedule)."""
@@ -213,6 +264,9 @@ class SampleGrid(PeriodicCallback):
 
     @rank_zero_only
     def _sample_rank_zero(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._sample(trainer, pl_module)
+
+    def _sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from varkit.sampling_io import save_grid, to_uint8
 
         num_classes = int(_transformer(pl_module).num_classes)  # type: ignore[arg-type]
@@ -224,6 +278,8 @@ class SampleGrid(PeriodicCallback):
             images = sample_class_grid(
                 pl_module, classes, self.per_class, seed=self.seed, batch_size=self.batch_size, **self.sampling
             )
+        if not trainer.is_global_zero:
+            return
         pixels = to_uint8(images)
         root = Path(trainer.default_root_dir) / self.dirname
         path = save_grid(

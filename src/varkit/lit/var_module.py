@@ -153,11 +153,41 @@ class VARModule(L.LightningModule):
         self.__dict__["tokenizer"] = tokenizer
 
     def configure_model(self) -> None:
+        """Shard the transformer when the strategy provides a device mesh (FSDP2), then compile it if asked.
+
+        Lightning may call this more than once; both steps are applied once.
+        """
+        mesh = self.device_mesh
+        if mesh is not None:
+            self._shard(mesh)
         compile_args = self.hparams["compile"]
         if compile_args and self.__dict__["_train_forward"] is self.model:
             options = compile_args if isinstance(compile_args, dict) else {}
             # compiled separately so that the state-dict keys stay ``model.*`` (no ``_orig_mod.`` prefix)
             self.__dict__["_train_forward"] = torch.compile(self.model, **options)
+
+    def _shard(self, mesh: Any) -> None:
+        """FSDP2 over the data-parallel dimension of ``mesh`` (``ModelParallelStrategy``/``FSDP2Strategy``)."""
+        from varkit.lit.fsdp import is_sharded, local_numel, shard_transformer
+
+        if is_sharded(self.model):
+            return
+        names = mesh.mesh_dim_names or ()
+        if "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
+            raise ValueError(
+                "VAR has no tensor-parallel plan: use tensor_parallel_size=1 (FSDP2 over all ranks, trainer=fsdp)"
+            )
+        data_mesh = mesh["data_parallel"] if "data_parallel" in names else mesh
+        blocks = shard_transformer(self.model, data_mesh, str(self._trainer.precision if self._trainer else "32"))
+        local, total = local_numel(self.model)
+        logger.info(
+            "FSDP2: sharded %d blocks over %d ranks; rank %d holds %d of %d parameter elements",
+            blocks,
+            data_mesh.size(),
+            data_mesh.get_local_rank(),
+            local,
+            total,
+        )
 
     def on_fit_start(self) -> None:
         tokenizer = self.__dict__.get("tokenizer")
@@ -382,11 +412,29 @@ class VARModule(L.LightningModule):
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store every rank's random streams (drop path, class dropout): ranks draw different numbers."""
         states: dict[str, Any] = {"torch": torch.get_rng_state()}
         if self._generator is not None:
             states["class_dropout"] = self._generator.get_state()
-        checkpoint["varkit_rng"] = states
+        ranks: list[Any] = [states]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Lightning builds the checkpoint dict on every rank and writes rank 0's: collect the others' streams
+            ranks = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(ranks, states)
+        checkpoint["varkit_rng"] = {"ranks": ranks}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._pending_rng = dict(checkpoint.get("varkit_rng", {})) or None
+        saved = dict(checkpoint.get("varkit_rng", {}))
+        ranks = saved.get("ranks", [saved] if saved else [])
+        world = self.trainer.world_size if self._trainer is not None else 1
+        rank = self.global_rank
+        if ranks and len(ranks) != world:
+            logger.warning(
+                "checkpoint holds the random streams of %d ranks, this run has %d: each rank starts a fresh stream "
+                "from its per-rank seed (the resumed run is not bitwise the uninterrupted one)",
+                len(ranks),
+                world,
+            )
+            ranks = []
+        self._pending_rng = dict(ranks[rank]) if ranks else None
         self._generator = None
