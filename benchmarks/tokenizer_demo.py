@@ -25,8 +25,17 @@ from pathlib import Path
 VARIANTS = {"restart": ["codebook.restart=true"], "no restart": ["codebook.restart=false"]}
 
 
-def run_variant(root: Path, name: str, extra: list[str], steps: int | None) -> tuple[float, list[dict[str, str]]]:
+def read_rows(root: Path, run_name: str) -> list[dict[str, str]]:
+    with (root / "runs" / run_name / "csv" / "metrics.csv").open() as handle:
+        return [row for row in csv.DictReader(handle) if row.get("val/psnr")]
+
+
+def run_variant(
+    root: Path, name: str, extra: list[str], steps: int | None, reuse: bool
+) -> tuple[float | None, list[dict[str, str]]]:
     run_name = name.replace(" ", "-")
+    if reuse and (root / "runs" / run_name / "tokenizer").is_dir():
+        return None, read_rows(root, run_name)  # a finished run: report it, do not time it again
     command = [
         sys.executable, "-m", "varkit", "train-tokenizer", "experiment=tokenizer_demo", f"paths.root={root}",
         f"name={run_name}", "logger=csv", "trainer.enable_progress_bar=false", *extra,
@@ -38,16 +47,14 @@ def run_variant(root: Path, name: str, extra: list[str], steps: int | None) -> t
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"{name} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
-    metrics = root / "runs" / run_name / "csv" / "metrics.csv"
-    with metrics.open() as handle:
-        rows = [row for row in csv.DictReader(handle) if row.get("val/psnr")]
-    return seconds, rows
+    return seconds, read_rows(root, run_name)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=None, help="override trainer.max_steps (default: the preset's)")
     parser.add_argument("--keep", type=Path, default=None, help="work in this directory and keep the runs")
+    parser.add_argument("--reuse", action="store_true", help="with --keep: report finished runs instead of rerunning")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
 
@@ -56,9 +63,10 @@ def main() -> None:
         root.mkdir(parents=True, exist_ok=True)
         if not (root / "data" / "demo" / "info.json").is_file():
             subprocess.run([sys.executable, "-m", "varkit", "data", "demo", str(root / "data" / "demo")], check=True)
-        results = {name: run_variant(root, name, VARIANTS[name], args.steps) for name in args.variants}
+        results = {name: run_variant(root, name, VARIANTS[name], args.steps, args.reuse) for name in args.variants}
 
-    scales = sorted({key for _, rows in results.values() for row in rows for key in row if "usage_s" in key})
+    keys = {key for _, rows in results.values() for row in rows for key in row}
+    scales = sorted(key for key in keys if key.startswith("val/codebook/usage_s"))
     scale_names = [key.rsplit("_", 1)[1] for key in scales]
     header = ["variant", "step", "PSNR dB", "SSIM", "usage all", *[f"usage {name}" for name in scale_names]]
     print("| " + " | ".join(header) + " |")
@@ -71,7 +79,8 @@ def main() -> None:
             print("| " + " | ".join(cells) + " |")
     print()
     for name, (seconds, _) in results.items():
-        print(f"{name}: {seconds:.0f} s wall for the whole command (startup, training, validation, export)")
+        if seconds is not None:
+            print(f"{name}: {seconds:.0f} s wall for the whole command (startup, training, validation, export)")
 
 
 if __name__ == "__main__":

@@ -83,7 +83,13 @@ def test_two_process_cpu_fsdp2_shards_exports_and_resumes(tmp_path: Path) -> Non
         torch.testing.assert_close(exported[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
 
     # re-running with more steps resumes from the distributed last.ckpt/
-    logs = _train(train_overrides(stage, tmp_path, *common, "trainer.max_steps=6"))
+    # (with the in-training FID callback on: under FSDP2 both ranks must sample, or rank 0 waits forever)
+    quality = (
+        "+callbacks.sample_quality={_target_: varkit.lit.eval_callback.SampleQuality, "
+        f"reference: '{stage['demo'] / 'val'}', every_n_steps: 0, classes: [0, 1], per_class: 2, batch_size: 8}}"
+    )
+    logs = _train(train_overrides(stage, tmp_path, *common, "trainer.max_steps=6", quality))
+    assert re.search(r"step 6: FID [0-9.]+, IS [0-9.]+ on 4 samples", logs), logs[-3000:]
     assert "resuming from" in logs
     assert "Restored all states from the checkpoint" in logs, logs[-3000:]
     meta = _checkpoint_meta(run / "checkpoints" / "last.ckpt")

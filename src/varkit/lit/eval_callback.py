@@ -96,9 +96,18 @@ class SampleQuality(PeriodicCallback):
         self.last_metrics: dict[str, Any] | None = None
         self._extractor: Any = None
         self._reference: Any = None
+        self._samples: tuple[Any, float] | None = None
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._evaluate_rank_zero(trainer, pl_module)
+        from varkit.lit.fsdp import is_sharded
+
+        if is_sharded(pl_module.model):  # type: ignore[arg-type]
+            # FSDP2: every forward all-gathers its unit, so all ranks sample in lockstep; rank 0 scores and logs
+            self._sample(trainer, pl_module)
+            if trainer.is_global_zero:
+                self._score(trainer, pl_module)
+        else:
+            self._evaluate_rank_zero(trainer, pl_module)
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Evaluate now (also outside the schedule)."""
@@ -127,14 +136,12 @@ class SampleQuality(PeriodicCallback):
 
     @rank_zero_only
     def _evaluate_rank_zero(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from varkit.evaluation.features import build_extractor
-        from varkit.evaluation.runner import MetricSettings, evaluate_images
-        from varkit.evaluation.samples import to_uint8_nhwc
+        self._sample(trainer, pl_module)
+        self._score(trainer, pl_module)
+
+    def _sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from varkit.lit.var_callbacks import find_ema, sample_class_grid
 
-        device = str(pl_module.device)
-        if self._extractor is None:
-            self._extractor = build_extractor(dict(self.evaluator_spec)).to(device)
         num_classes = int(pl_module.model.num_classes)  # type: ignore[union-attr, arg-type]
         classes = self.classes if self.classes is not None else list(range(min(num_classes, self.max_classes)))
         ema = find_ema(trainer) if self.use_ema else None
@@ -144,7 +151,19 @@ class SampleQuality(PeriodicCallback):
             images = sample_class_grid(
                 pl_module, classes, self.per_class, seed=self.seed, batch_size=self.batch_size, **self.sampling
             )
-        generation_seconds = time.perf_counter() - started
+        self._samples = (images, time.perf_counter() - started)
+
+    def _score(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from varkit.evaluation.features import build_extractor
+        from varkit.evaluation.runner import MetricSettings, evaluate_images
+        from varkit.evaluation.samples import to_uint8_nhwc
+
+        scoring_started = time.perf_counter()
+        device = str(pl_module.device)
+        if self._extractor is None:
+            self._extractor = build_extractor(dict(self.evaluator_spec)).to(device)
+        images, generation_seconds = self._samples
+        self._samples = None
         pixels = to_uint8_nhwc(images)
         reference = self._reference_for(pixels.shape[1], device)
         settings = MetricSettings(
@@ -174,5 +193,5 @@ class SampleQuality(PeriodicCallback):
             result["fid"],
             result["inception_score"],
             len(pixels),
-            time.perf_counter() - started,
+            generation_seconds + time.perf_counter() - scoring_started,
         )
