@@ -10,7 +10,8 @@ in its own subprocess so its peak memory (max RSS) is its own. Prints median wal
 
 Variants: ``fp32`` (float32 weights), ``autocast`` (float32 weights under CPU bf16 autocast, what the reference
 does), ``bf16`` (bf16 weights, no autocast), ``bf16-compile`` (bf16 weights, blocks compiled with torch.compile).
-Decoding uses the ``vqvae_f16`` decoder: float32 for ``fp32``, bf16 channels-last (``VQVAE.decoder_to``) otherwise.
+Decoding uses the ``vqvae_f16`` decoder in channels-last memory (``VQVAE.decoder_to``, as ``varkit sample`` does):
+float32 weights for ``fp32``, bf16 otherwise.
 """
 
 from __future__ import annotations
@@ -52,8 +53,7 @@ def _build(depth: int, variant: str, decode: bool) -> tuple[Any, Any, Any]:
         from varkit.models.vqvae import vqvae_preset
 
         vqvae = vqvae_preset("vqvae_f16").eval()
-        if variant != "fp32":
-            vqvae.decoder_to(torch.bfloat16)
+        vqvae.decoder_to(torch.float32 if variant == "fp32" else torch.bfloat16)  # channels-last (varkit sample)
         quantizer = vqvae.quantizer
     else:
         from varkit.quantizers.msvq import MultiScaleVQ

@@ -111,6 +111,8 @@ def main() -> None:
 
             rows.append(("tokenize bf16 autocast", median_seconds(tokenize_autocast, args.repeats)))
         reference = vae.decode_latents(latents)
+        vae.decoder_to(torch.float32)
+        rows.append(("decode fp32 channels_last", median_seconds(lambda: vae.decode_latents(latents), args.repeats)))
         vae.decoder_to(torch.bfloat16)
         rows.append(
             ("decode bf16 weights + channels_last", median_seconds(lambda: vae.decode_latents(latents), args.repeats))

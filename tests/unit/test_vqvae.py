@@ -109,6 +109,17 @@ def test_decoder_in_bf16_channels_last_matches_fp32(images: torch.Tensor) -> Non
     assert (vae.decode_indices(tokens) - reference).abs().max() < 0.05
 
 
+def test_decoder_in_fp32_channels_last_matches_the_contiguous_decoder(images: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    vae = vqvae_preset("vqvae_tiny").eval()
+    tokens = vae.tokenize(images)
+    reference = vae.decode_indices(tokens)
+    vae.decoder_to(torch.float32)  # what varkit sample/edit do for float32 inference
+    assert vae.decoder.stem.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not vae.decoder.stem.weight.is_contiguous()
+    torch.testing.assert_close(vae.decode_indices(tokens), reference, rtol=0, atol=1e-5)
+
+
 def test_config_round_trip_rebuilds_the_same_model() -> None:
     torch.manual_seed(0)
     vae = vqvae_preset("vqvae_tiny")

@@ -118,7 +118,7 @@ def run(cfg: DictConfig) -> None:
     vqvae: Any = tokenizer
     if dtype != var.dtype:
         var.to(dtype)
-        vqvae.decoder_to(dtype)  # the encoder stays in float32: tokenizing the source must be exact
+    vqvae.decoder_to(dtype)  # channels-last decoder; the encoder stays in float32: tokenizing must be exact
     image_size = tuple(vqvae.image_size)
     source, mask = build_edit_inputs(cfg, image_size)
     label = resolve_label(to_plain(cfg.label), int(var.num_classes), info["classes"])

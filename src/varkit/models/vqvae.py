@@ -142,8 +142,8 @@ class VQVAE(nn.Module):
     def _decode(self, latents: Tensor) -> Tensor:
         reference = self.post_quant_conv.weight
         latents = latents.to(dtype=reference.dtype)
-        if reference.dtype != torch.float32:  # decoder_to() was called: fast inference layout
-            latents = latents.contiguous(memory_format=torch.channels_last)
+        if reference.is_contiguous(memory_format=torch.channels_last) and not reference.is_contiguous():
+            latents = latents.contiguous(memory_format=torch.channels_last)  # decoder_to(): fast inference layout
         return self.decoder(self.post_quant_conv(latents)).float()
 
     def decode_latents(self, latents: Tensor) -> Tensor:
