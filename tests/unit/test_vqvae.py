@@ -118,6 +118,9 @@ def test_decoder_in_fp32_channels_last_matches_the_contiguous_decoder(images: to
     assert vae.decoder.stem.weight.is_contiguous(memory_format=torch.channels_last)
     assert not vae.decoder.stem.weight.is_contiguous()
     torch.testing.assert_close(vae.decode_indices(tokens), reference, rtol=0, atol=1e-5)
+    vae.decoder_to(torch.float32, max_batch=1)  # image by image: the same images
+    assert images.shape[0] > 1
+    torch.testing.assert_close(vae.decode_indices(tokens), reference, rtol=0, atol=1e-5)
 
 
 def test_config_round_trip_rebuilds_the_same_model() -> None:

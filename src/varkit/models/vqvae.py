@@ -100,6 +100,8 @@ class VQVAE(nn.Module):
         self.quantizer = quantizer
         self.post_quant_conv = nn.Conv2d(code_dim, code_dim, kernel_size=3, padding=1)
         self.decoder = Decoder(num_blocks=decoder_blocks, **blocks)
+        #: images decoded at a time outside autograd (set by :meth:`decoder_to`; ``None``: the whole batch)
+        self.decode_max_batch: int | None = None
         #: plain-data :func:`build_vqvae` arguments (set by the builders; what ``save_pretrained`` stores)
         self.config: dict[str, Any] | None = None
 
@@ -147,7 +149,14 @@ class VQVAE(nn.Module):
         return self.decoder(self.post_quant_conv(latents)).float()
 
     def decode_latents(self, latents: Tensor) -> Tensor:
-        """Accumulated quantized latent ``(b, code_dim, h, w)`` -> images clamped to [-1, 1], float32."""
+        """Accumulated quantized latent ``(b, code_dim, h, w)`` -> images clamped to [-1, 1], float32.
+
+        After :meth:`decoder_to` with ``max_batch``, inference (no autograd) decodes that many images at a time:
+        full-resolution activations of a few images stay in cache, which is faster per image and bounds memory.
+        """
+        step = self.decode_max_batch
+        if step and latents.shape[0] > step and not torch.is_grad_enabled():
+            return torch.cat([self._decode(part).clamp_(-1.0, 1.0) for part in latents.split(step)])
         return self._decode(latents).clamp_(-1.0, 1.0)
 
     @torch.no_grad()
@@ -171,12 +180,17 @@ class VQVAE(nn.Module):
         return self.decode_latents(self.quantizer.decode(self.quantizer.encode(latents, self.scales), self.scales))
 
     # -- inference speed -----------------------------------------------------------------------------------------
-    def decoder_to(self, dtype: torch.dtype = torch.bfloat16, channels_last: bool = True) -> VQVAE:
+    def decoder_to(
+        self, dtype: torch.dtype = torch.bfloat16, channels_last: bool = True, max_batch: int | None = 2
+    ) -> VQVAE:
         """Keep the decoder (and ``post_quant_conv``) in ``dtype`` and channels-last memory for fast decoding.
 
-        Inputs are cast on the way in and images come back as float32. Meant for inference: train in float32
-        (with autocast) instead. ``decoder_to(torch.float32, channels_last=False)`` undoes it.
+        Inputs are cast on the way in and images come back as float32. ``max_batch``: images decoded at a time
+        outside autograd (``vqvae_f16`` on a 2-core CPU: 1.61 s/image at 16 at once, 1.49 at 2; ``None``: all).
+        Meant for inference: train in float32 (with autocast) instead. ``decoder_to(torch.float32,
+        channels_last=False, max_batch=None)`` undoes it.
         """
+        self.decode_max_batch = max_batch
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         for module in (self.post_quant_conv, self.decoder):
             module.to(dtype=dtype, memory_format=memory_format)  # type: ignore[call-overload]
