@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,9 @@ def run(cfg: DictConfig) -> None:
     if resume:
         logger.info("resuming from %s", checkpoints / "last.ckpt")
     log_run_info(trainer.loggers, to_plain(cfg), world_size=trainer.world_size)
+    # Lightning warns (with a long code example) that manual-optimisation checkpoints hold the weights *after* the
+    # step; that is what resuming needs: global_step counts the steps already applied.
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization and every_n_train_steps")
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path="last" if resume else None)
     finally:
