@@ -17,7 +17,6 @@ Add it to a training config, e.g. ``conf/callbacks/<yours>.yaml``::
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -25,16 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_only
 
-from varkit.lit.periodic import PeriodicCallback
+from varkit.lit.periodic import is_rank_zero
+from varkit.lit.var_callbacks import ClassSampling
 
 __all__ = ["SampleQuality"]
 
 logger = logging.getLogger(__name__)
 
 
-class SampleQuality(PeriodicCallback):
+class SampleQuality(ClassSampling):
     """Every ``every_n_steps`` optimiser steps (and at the end), log FID/IS of freshly generated samples.
 
     Args:
@@ -73,41 +72,35 @@ class SampleQuality(PeriodicCallback):
         batch_size: int = 64,
         at_end: bool = True,
     ) -> None:
+        super().__init__(
+            every_n_steps,
+            at_end,
+            classes=classes,
+            max_classes=max_classes,
+            per_class=per_class,
+            use_ema=use_ema,
+            cfg=cfg,
+            cfg_schedule=cfg_schedule,
+            top_k=top_k,
+            top_p=top_p,
+            temperature=temperature,
+            seed=seed,
+            batch_size=batch_size,
+        )
         self.reference_spec = reference if isinstance(reference, str) else list(reference)
         self.evaluator_spec = dict(evaluator) if evaluator is not None else {"name": "tiny"}
-        super().__init__(every_n_steps, at_end)
-        self.classes = list(classes) if classes is not None else None
-        self.max_classes = int(max_classes)
-        self.per_class = int(per_class)
         self.max_reference_images = max_reference_images
         self.cache_dir = cache_dir
-        self.use_ema = bool(use_ema)
-        self.sampling = {
-            "cfg": float(cfg),
-            "cfg_schedule": cfg_schedule if isinstance(cfg_schedule, str) else dict(cfg_schedule),
-            "top_k": int(top_k),
-            "top_p": float(top_p),
-            "temperature": float(temperature),
-        }
         self.kid = bool(kid)
         self.precision_recall = bool(precision_recall)
-        self.seed = int(seed)
-        self.batch_size = int(batch_size)
         self.last_metrics: dict[str, Any] | None = None
         self._extractor: Any = None
         self._reference: Any = None
-        self._samples: tuple[Any, float] | None = None
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from varkit.lit.fsdp import is_sharded
-
-        if is_sharded(pl_module.model):  # type: ignore[arg-type]
-            # FSDP2: every forward all-gathers its unit, so all ranks sample in lockstep; rank 0 scores and logs
-            self._sample(trainer, pl_module)
-            if trainer.is_global_zero:
-                self._score(trainer, pl_module)
-        else:
-            self._evaluate_rank_zero(trainer, pl_module)
+        _, images, generation_seconds = self.draw(trainer, pl_module)
+        if is_rank_zero():  # under FSDP2 every rank samples (see PeriodicCallback); rank 0 scores and logs
+            self._score(trainer, pl_module, images, generation_seconds)
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Evaluate now (also outside the schedule)."""
@@ -134,26 +127,7 @@ class SampleQuality(PeriodicCallback):
                 )
         return self._reference
 
-    @rank_zero_only
-    def _evaluate_rank_zero(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._sample(trainer, pl_module)
-        self._score(trainer, pl_module)
-
-    def _sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from varkit.lit.var_callbacks import find_ema, sample_class_grid
-
-        num_classes = int(pl_module.model.num_classes)  # type: ignore[union-attr, arg-type]
-        classes = self.classes if self.classes is not None else list(range(min(num_classes, self.max_classes)))
-        ema = find_ema(trainer) if self.use_ema else None
-        swap = ema.swapped(pl_module) if ema is not None else contextlib.nullcontext()
-        started = time.perf_counter()
-        with swap:
-            images = sample_class_grid(
-                pl_module, classes, self.per_class, seed=self.seed, batch_size=self.batch_size, **self.sampling
-            )
-        self._samples = (images, time.perf_counter() - started)
-
-    def _score(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _score(self, trainer: L.Trainer, pl_module: L.LightningModule, images: Any, generation_seconds: float) -> None:
         from varkit.evaluation.features import build_extractor
         from varkit.evaluation.runner import MetricSettings, evaluate_images
         from varkit.evaluation.samples import to_uint8_nhwc
@@ -162,8 +136,6 @@ class SampleQuality(PeriodicCallback):
         device = str(pl_module.device)
         if self._extractor is None:
             self._extractor = build_extractor(dict(self.evaluator_spec)).to(device)
-        images, generation_seconds = self._samples
-        self._samples = None
         pixels = to_uint8_nhwc(images)
         reference = self._reference_for(pixels.shape[1], device)
         settings = MetricSettings(

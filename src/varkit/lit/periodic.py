@@ -5,13 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
 
-__all__ = ["PeriodicCallback"]
+__all__ = ["PeriodicCallback", "is_rank_zero"]
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is global rank 0 (the one that writes files and logs)."""
+    return rank_zero_only.rank == 0
 
 
 class PeriodicCallback(L.Callback):
     """Calls :meth:`run` every ``every_n_steps`` optimiser steps (0: never periodically) and, with ``at_end``,
     when training ends; never twice for the same ``global_step`` (gradient accumulation, end right after a period).
+
+    :meth:`run` is called on rank 0 only, unless the model is sharded (FSDP2): every forward then all-gathers its
+    weights, a collective, so every rank calls :meth:`run` and it must write and log on rank 0 only
+    (:func:`is_rank_zero`).
     """
 
     def __init__(self, every_n_steps: int, at_end: bool) -> None:
@@ -29,8 +39,11 @@ class PeriodicCallback(L.Callback):
             self._trigger(trainer, pl_module)
 
     def _trigger(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from varkit.lit.fsdp import is_sharded
+
         self._last_step = trainer.global_step
-        self.run(trainer, pl_module)
+        if is_rank_zero() or is_sharded(pl_module):
+            self.run(trainer, pl_module)
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         raise NotImplementedError

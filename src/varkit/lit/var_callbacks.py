@@ -12,18 +12,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
-from varkit.lit.periodic import PeriodicCallback
+from varkit.lit.periodic import PeriodicCallback, is_rank_zero
 
-__all__ = ["EMA", "SampleGrid", "Throughput", "find_ema"]
+__all__ = ["EMA", "ClassSampling", "SampleGrid", "Throughput", "find_ema"]
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +197,60 @@ def sample_class_grid(
     return torch.cat(chunks)
 
 
-class SampleGrid(PeriodicCallback):
+class ClassSampling(PeriodicCallback):
+    """A periodic callback that draws ``per_class`` class-conditional samples per class with fixed settings.
+
+    Holds what :class:`SampleGrid` and :class:`~varkit.lit.eval_callback.SampleQuality` share: the classes, the
+    sampling options, the seed (the same every time, so successive steps are comparable) and the EMA swap.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int,
+        at_end: bool,
+        *,
+        classes: Sequence[int] | None,
+        max_classes: int,
+        per_class: int,
+        use_ema: bool,
+        cfg: float,
+        cfg_schedule: str | Mapping[str, Any],
+        top_k: int,
+        top_p: float,
+        temperature: float,
+        seed: int,
+        batch_size: int,
+    ) -> None:
+        super().__init__(every_n_steps, at_end)
+        self.classes = list(classes) if classes is not None else None
+        self.max_classes = int(max_classes)
+        self.per_class = int(per_class)
+        self.use_ema = bool(use_ema)
+        self.sampling = {
+            "cfg": float(cfg),
+            "cfg_schedule": cfg_schedule if isinstance(cfg_schedule, str) else dict(cfg_schedule),
+            "top_k": int(top_k),
+            "top_p": float(top_p),
+            "temperature": float(temperature),
+        }
+        self.seed = int(seed)
+        self.batch_size = int(batch_size)
+
+    def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[list[int], Tensor, float]:
+        """``(classes, images (n, 3, H, W) in [0, 1] class-major, seconds)``, with the EMA weights if asked."""
+        num_classes = int(_transformer(pl_module).num_classes)  # type: ignore[arg-type]
+        classes = self.classes if self.classes is not None else list(range(min(num_classes, self.max_classes)))
+        ema = find_ema(trainer) if self.use_ema else None
+        swap = ema.swapped(pl_module) if ema is not None else contextlib.nullcontext()
+        started = time.perf_counter()
+        with swap:
+            images = sample_class_grid(
+                pl_module, classes, self.per_class, seed=self.seed, batch_size=self.batch_size, **self.sampling
+            )
+        return classes, images, time.perf_counter() - started
+
+
+class SampleGrid(ClassSampling):
     """Every ``every_n_steps`` optimiser steps (and at the end), sample one row of ``per_class`` images per class.
 
     Args:
@@ -231,54 +283,34 @@ class SampleGrid(PeriodicCallback):
         dirname: str = "samples",
         at_end: bool = True,
     ) -> None:
-        super().__init__(every_n_steps, at_end)
-        self.classes = list(classes) if classes is not None else None
-        self.max_classes = int(max_classes)
-        self.per_class = int(per_class)
-        self.use_ema = bool(use_ema)
-        self.sampling = {
-            "cfg": float(cfg),
-            "cfg_schedule": cfg_schedule if isinstance(cfg_schedule, str) else dict(cfg_schedule),
-            "top_k": int(top_k),
-            "top_p": float(top_p),
-            "temperature": float(temperature),
-        }
-        self.seed = int(seed)
-        self.batch_size = int(batch_size)
+        super().__init__(
+            every_n_steps,
+            at_end,
+            classes=classes,
+            max_classes=max_classes,
+            per_class=per_class,
+            use_ema=use_ema,
+            cfg=cfg,
+            cfg_schedule=cfg_schedule,
+            top_k=top_k,
+            top_p=top_p,
+            temperature=temperature,
+            seed=seed,
+            batch_size=batch_size,
+        )
         self.upscale = int(upscale)
         self.dirname = dirname
         self.last_path: Path | None = None
-
-    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from varkit.lit.fsdp import is_sharded
-
-        if is_sharded(_transformer(pl_module)):
-            # FSDP2: every forward all-gathers its unit, so all ranks sample the same grid in lockstep
-            self._sample(trainer, pl_module)
-        else:
-            self._sample_rank_zero(trainer, pl_module)
 
     def sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Sample a grid now (also outside the schedule)."""
         self._trigger(trainer, pl_module)
 
-    @rank_zero_only
-    def _sample_rank_zero(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._sample(trainer, pl_module)
-
-    def _sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from varkit.sampling_io import save_grid, to_uint8
 
-        num_classes = int(_transformer(pl_module).num_classes)  # type: ignore[arg-type]
-        classes = self.classes if self.classes is not None else list(range(min(num_classes, self.max_classes)))
-        ema = find_ema(trainer) if self.use_ema else None
-        swap = ema.swapped(pl_module) if ema is not None else contextlib.nullcontext()
-        started = time.perf_counter()
-        with swap:
-            images = sample_class_grid(
-                pl_module, classes, self.per_class, seed=self.seed, batch_size=self.batch_size, **self.sampling
-            )
-        if not trainer.is_global_zero:
+        classes, images, seconds = self.draw(trainer, pl_module)
+        if not is_rank_zero():
             return
         pixels = to_uint8(images)
         root = Path(trainer.default_root_dir) / self.dirname
@@ -286,7 +318,7 @@ class SampleGrid(PeriodicCallback):
             pixels, root / f"step{trainer.global_step:07d}.png", columns=self.per_class, upscale=self.upscale
         )
         self.last_path = path
-        logger.info("sample grid at step %d: %s (%.1f s)", trainer.global_step, path, time.perf_counter() - started)
+        logger.info("sample grid at step %d: %s (%.1f s)", trainer.global_step, path, seconds)
         for experiment_logger in trainer.loggers:
             _log_image(
                 experiment_logger,

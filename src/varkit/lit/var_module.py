@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from varkit.contracts import Scales
+from varkit.lit.fsdp import full_tensor
 from varkit.lit.optim import ScheduleSpec, build_adamw, lr_factor, param_groups, scaled_learning_rate, weight_decay_at
 from varkit.models.var import VAR
 
@@ -408,7 +409,7 @@ class VARModule(L.LightningModule):
             return  # no clipping: skip the norm computation too
         parameters = [p for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(parameters, float(limit))
-        self.log("train/grad_norm", norm.full_tensor() if hasattr(norm, "full_tensor") else norm, on_step=True)
+        self.log("train/grad_norm", full_tensor(norm), on_step=True)  # a DTensor under FSDP2
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
