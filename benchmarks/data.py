@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from varkit.data import ShardWriter, TokenDataModule, WebDataModule
+from varkit.data import ShardWriter
+from varkit.data.modules import TokenDataModule, WebDataModule
 from varkit.data.tokens import write_token_shards
 
 

@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from varkit.lit.losses import reconstruction_loss
 from varkit.models.vqvae import vqvae_preset
+from varkit.training.losses import reconstruction_loss
 
 
 def step_seconds(preset: str, batch: int, precision: str, repeats: int, warmup: int, image_size: int | None) -> float:

@@ -69,8 +69,8 @@ def bare_steps(depth: int, batch: int, runs: int, bf16: bool = True) -> list[flo
 def module_steps(depth: int, batch: int, runs: int, bf16: bool = True) -> list[float]:
     import lightning as L
 
-    from varkit.cli.train import model_arguments
     from varkit.lit.var_module import VARModule
+    from varkit.models.factory import model_arguments
     from varkit.models.var import resolve_scales
     from varkit.registry import QUANTIZERS
 

@@ -14,7 +14,9 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+import varkit.evaluation  # noqa: F401  (registers the feature extractors that configs name)
 from varkit.contracts import InvalidScalesError, Scales
+from varkit.errors import ConfigError
 from varkit.registry import REGISTRIES, SCALE_SCHEDULES, UnknownComponentError
 
 __all__ = [
@@ -51,10 +53,6 @@ def register_resolvers() -> None:
 
     if not OmegaConf.has_resolver("varkit.precision"):
         OmegaConf.register_new_resolver("varkit.precision", lambda accelerator="auto": trainer_precision(accelerator))
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot work; its message is shown to the user as is, without a traceback."""
 
 
 def config_dir() -> Path:

@@ -411,7 +411,7 @@ def mask_preview(source: Tensor, edit_mask: Tensor, strength: float = 0.7) -> Te
 def edit_grid(result: EditResult, *, padding: int = 2) -> np.ndarray:
     """uint8 ``(H', W', 3)`` grid, one row per source: source | mask (the finest scale's generated tokens washed
     out over the source) | the edited samples."""
-    from varkit.sampling_io import make_grid
+    from varkit.image_io import make_grid
 
     preview = mask_preview(result.source, result.edit_masks[-1])
     rows = []

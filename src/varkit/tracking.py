@@ -13,9 +13,7 @@ Every run records the resolved config as plain data and :func:`system_info` (lib
 world size). :func:`log_histogram` is the one call the stages use for distributions (codebook usage of the
 tokenizer), on any logger. All logging functions act on global rank zero only.
 
-Sweeps: W&B's agent formats a sweep value ``None`` as the string ``"None"``, which Hydra keeps as a string. Write
-``"null"`` in sweep specs instead (Hydra reads ``key=null`` as null); :func:`null_overrides` rewrites ``key=None``
-for commands built elsewhere, and :func:`sweep_overrides` formats Python values as Hydra overrides.
+Sweep-value conventions (``None`` from W&B's agent) live with the command line: :mod:`varkit.cli.overrides`.
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ import logging
 import netrc
 import os
 import platform
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlparse
 
@@ -39,9 +37,7 @@ __all__ = [
     "is_wandb_logger",
     "log_histogram",
     "log_run_info",
-    "null_overrides",
     "resolve_wandb_mode",
-    "sweep_overrides",
     "system_info",
     "wandb_credentials_available",
 ]
@@ -94,7 +90,7 @@ def resolve_wandb_mode(requested: str | None) -> str:
     """
     mode = "online" if requested in (None, "auto") else str(requested)
     if mode not in WANDB_MODES:
-        from varkit.config import ConfigError
+        from varkit.errors import ConfigError
 
         raise ConfigError(f"logger.wandb.mode={requested!r}: expected one of {', '.join(WANDB_MODES)}")
     if mode == "online" and os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
@@ -260,37 +256,3 @@ def log_histogram(run_logger: Any, key: str, values: Any, step: int, *, counts: 
         f"{key}/nonzero_fraction": float((data != 0).mean()) if data.size else 0.0,
     }
     run_logger.log_metrics(summary, step=step)
-
-
-def _override_value(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_override_value(item) for item in value) + "]"
-    return str(value)
-
-
-def sweep_overrides(parameters: Mapping[str, Any]) -> list[str]:
-    """Hydra overrides ``key=value`` for a dict of sweep values (``None`` -> ``null``, booleans lower-case).
-
-    >>> sweep_overrides({"optim.lr": 0.001, "optim.weight_decay_end": None, "compile": False})
-    ['optim.lr=0.001', 'optim.weight_decay_end=null', 'compile=false']
-    """
-    return [f"{key}={_override_value(value)}" for key, value in parameters.items()]
-
-
-def null_overrides(arguments: Sequence[str]) -> list[str]:
-    """``key=None`` (how W&B's agent formats a ``null`` sweep value) rewritten as Hydra's ``key=null``.
-
-    Only whole values ``None`` change; other arguments pass through untouched.
-
-    >>> null_overrides(["optim.lr=0.01", "optim.weight_decay_end=None", "name=None-run"])
-    ['optim.lr=0.01', 'optim.weight_decay_end=null', 'name=None-run']
-    """
-    rewritten = []
-    for argument in arguments:
-        key, sep, value = argument.partition("=")
-        rewritten.append(f"{key}=null" if sep and value == "None" and not key.startswith("-") else argument)
-    return rewritten

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from varkit.cli import main
-from varkit.data import TokenDataModule, WebDataModule, read_classes
+from varkit.data import read_classes
+from varkit.data.modules import TokenDataModule, WebDataModule
 
 
 def test_demo_and_pack_commands(tmp_path, capsys):

@@ -9,8 +9,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from varkit.config import config_dir, safe_instantiate
-from varkit.data import TokenDataModule, WebDataModule
 from varkit.data.demo import generate_demo
+from varkit.data.modules import TokenDataModule, WebDataModule
 from varkit.data.tokens import write_token_shards
 
 OPTIONS = sorted(p.stem for p in (Path(config_dir()) / "data").glob("*.yaml"))

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from varkit.data import LogSkippedSamples, ShardWriter, WebDataModule
+from varkit.data import ShardWriter
+from varkit.data.modules import LogSkippedSamples, WebDataModule
 
 SIZE = 8
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
+from varkit.checkpoint.generator import write_generator
 from varkit.checkpoint.io import save_pretrained
 from varkit.cli import main
 from varkit.models.var import VAR
 from varkit.models.vqvae import vqvae_preset
-from varkit.sampling_io import write_generator
 
 CLASSES = [f"shape{i}" for i in range(10)]
 

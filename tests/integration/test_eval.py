@@ -12,7 +12,7 @@ from PIL import Image
 
 from varkit.cli import main
 from varkit.evaluation.npz import load_samples_npz, save_reference_npz
-from varkit.evaluation.stats import iter_shard_images
+from varkit.evaluation.shard_images import iter_shard_images
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +187,7 @@ def test_sample_quality_callback_logs_fid_every_n_steps(demo_dir: Path, tmp_path
 
 def test_tiny_extractor_fitted_on_labelled_shards_gives_a_meaningful_inception_score(demo_dir: Path) -> None:
     from varkit.evaluation import TinyExtractor, extract_features, inception_score
-    from varkit.evaluation.stats import image_batches
+    from varkit.evaluation.shard_images import image_batches
 
     urls = sorted(str(p) for p in (demo_dir / "val").glob("*.tar"))
     fitted = TinyExtractor(fit_on=urls)

@@ -13,8 +13,8 @@ import yaml
 from var_stage_data import make_tiny_stage, train_overrides
 
 from varkit.cli import main
+from varkit.cli.overrides import null_overrides
 from varkit.config import compose, config_dir, validate_components
-from varkit.tracking import null_overrides
 
 SWEEP_DIR = config_dir() / "sweep"
 SPECS = sorted(SWEEP_DIR.glob("*.yaml"))

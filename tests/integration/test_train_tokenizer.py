@@ -124,8 +124,8 @@ def test_sigkill_then_same_command_resumes_exactly(demo_root: Path) -> None:
     assert [s["last_epoch"] for s in final_resumed["lr_schedulers"]] == [8, 8]
 
     # the exported tokenizer loads with the checkpoint layer and equals the checkpoint's VQVAE
+    from varkit.checkpoint.export import tokenizer_from_checkpoint
     from varkit.checkpoint.io import from_pretrained
-    from varkit.lit.export import tokenizer_from_checkpoint
 
     exported = from_pretrained(run_dir / "tokenizer", expect="vqvae")
     from_checkpoint = tokenizer_from_checkpoint(run_dir / "checkpoints" / "last.ckpt")

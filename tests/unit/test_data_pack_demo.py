@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from varkit.data import WebDataModule, read_classes
+from varkit.data import read_classes
 from varkit.data.demo import DEMO_CLASSES, generate_demo
+from varkit.data.modules import WebDataModule
 from varkit.data.pack import pack_images
 from varkit.data.transforms import center_crop, resize_shorter_side
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from varkit.data import ShardStream, ShardWriter, StreamLoader, WebDataModule
+from varkit.data import ShardStream, ShardWriter, StreamLoader
 from varkit.data.images import ImageSampleDecoder
+from varkit.data.modules import WebDataModule
 from varkit.data.transforms import ImageTransform
 
 SIZE = 8

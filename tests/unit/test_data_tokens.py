@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from varkit.data import TokenDataModule, WebDataModule
 from varkit.data.demo import generate_demo
+from varkit.data.modules import TokenDataModule, WebDataModule
 from varkit.data.tokens import read_token_info, split_scales, write_token_shards
 
 SCALES = [(1, 1), (2, 2), (4, 4)]

@@ -10,25 +10,14 @@ import pytest
 import torch
 
 from varkit.evaluation import metrics as M
-from varkit.evaluation.features import (
-    FEATURE_EXTRACTORS,
-    ChecksumError,
-    InceptionV3FID,
-    TinyExtractor,
-    build_extractor,
-    fid_inception_key_map,
-    load_fid_inception,
-    resize_bilinear_tf1,
-)
+from varkit.evaluation.extractors import build_extractor
+from varkit.evaluation.features import FEATURE_EXTRACTORS, ChecksumError, resize_bilinear_tf1
+from varkit.evaluation.inception import InceptionV3FID, fid_inception_key_map, load_fid_inception
 from varkit.evaluation.npz import load_reference_npz, load_samples_npz, save_reference_npz, save_samples_npz
 from varkit.evaluation.runner import MetricSettings, compute_metrics
-from varkit.evaluation.stats import (
-    adm_center_crop,
-    image_batches,
-    reference_from_features,
-    reference_from_npz,
-    reference_from_shards,
-)
+from varkit.evaluation.shard_images import adm_center_crop, image_batches
+from varkit.evaluation.stats import reference_from_features, reference_from_npz, reference_from_shards
+from varkit.evaluation.tiny import TinyExtractor
 
 scipy_linalg = pytest.importorskip("scipy.linalg")
 

@@ -1,4 +1,4 @@
-"""``varkit.scaling``: the power-law fit recovers known laws; run directories become points; plot and report."""
+"""``varkit.experiments.scaling``: the power-law fit recovers known laws; run dirs become points; plot and report."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from varkit.scaling import (
+from varkit.experiments.scaling import (
     ScalingPoint,
     collect_run,
     count_parameters,

@@ -13,16 +13,16 @@ import torch
 from torch import nn
 
 from varkit.contracts import Scales
-from varkit.lit.codebook import CodeUsage, reset_optimizer_rows, restart_dead_codes, scale_residuals
-from varkit.lit.losses import (
+from varkit.lit.tokenizer import WarmupCosine
+from varkit.nn.discriminator import PatchDiscriminator
+from varkit.nn.perceptual import VGG16_LAYOUT, LPIPSLoss, build_perceptual_loss
+from varkit.quantizers.codebook import CodeUsage, reset_optimizer_rows, restart_dead_codes, scale_residuals
+from varkit.training.losses import (
     adaptive_gan_weight,
     hinge_discriminator_loss,
     hinge_generator_loss,
     reconstruction_loss,
 )
-from varkit.lit.tokenizer import WarmupCosine
-from varkit.nn.discriminator import PatchDiscriminator
-from varkit.nn.perceptual import VGG16_LAYOUT, LPIPSLoss, build_perceptual_loss
 
 
 def test_reconstruction_loss_matches_numpy() -> None:

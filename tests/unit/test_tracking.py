@@ -12,7 +12,8 @@ import torch
 import yaml
 
 from varkit import tracking
-from varkit.config import ConfigError
+from varkit.cli import overrides
+from varkit.errors import ConfigError
 
 
 @pytest.fixture
@@ -203,13 +204,13 @@ def test_logging_happens_on_rank_zero_only(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_sweep_value_conventions() -> None:
-    assert tracking.sweep_overrides({"a.b": None, "c": True, "d": [1, None], "e": 1e-4}) == [
+    assert overrides.sweep_overrides({"a.b": None, "c": True, "d": [1, None], "e": 1e-4}) == [
         "a.b=null",
         "c=true",
         "d=[1,null]",
         "e=0.0001",
     ]
-    assert tracking.null_overrides(["x=None", "y=none", "--cfg=None", "z=NoneType", "w"]) == [
+    assert overrides.null_overrides(["x=None", "y=none", "--cfg=None", "z=NoneType", "w"]) == [
         "x=null",
         "y=none",
         "--cfg=None",

@@ -10,7 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from varkit.lit.optim import (
+from varkit.image_io import make_grid, save_npz
+from varkit.lit.var_callbacks import EMA
+from varkit.lit.var_module import VARModule
+from varkit.models.flops import training_flops_per_sample
+from varkit.models.var import VAR
+from varkit.models.vqvae import vqvae_preset
+from varkit.training.optim import (
     ScheduleSpec,
     lr_factor,
     no_decay_names,
@@ -18,11 +24,6 @@ from varkit.lit.optim import (
     scaled_learning_rate,
     weight_decay_at,
 )
-from varkit.lit.var_callbacks import EMA
-from varkit.lit.var_module import VARModule, training_flops_per_sample
-from varkit.models.var import VAR
-from varkit.models.vqvae import vqvae_preset
-from varkit.sampling_io import make_grid, save_npz
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def tokenizer() -> torch.nn.Module:
 
 
 def _module(tokenizer: torch.nn.Module, **model_overrides) -> VARModule:
-    from varkit.cli.train import model_arguments
+    from varkit.models.factory import model_arguments
     from varkit.models.var_presets import var_preset
 
     torch.manual_seed(0)

@@ -60,9 +60,8 @@ def hydra_message(err: BaseException) -> str:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that are the user's input, reported as one message."""
-    from varkit.config import ConfigError
     from varkit.contracts import CapabilityError, InvalidScalesError
-    from varkit.data.streaming import DataSetupError
+    from varkit.errors import ConfigError, DataSetupError
     from varkit.registry import DuplicateComponentError, UnknownComponentError
 
     return (
@@ -96,7 +95,7 @@ def run_hydra(command: str, config_name: str, task: Callable[[Any], Any], argv: 
                 raise
             return None
 
-    from varkit.tracking import null_overrides
+    from varkit.cli.overrides import null_overrides
 
     app = hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(job)
     saved = sys.argv

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 def resolve_label(label: Any, num_classes: int, names: list[str] | None) -> int | None:
     """``None`` (unconditional), a class index, or a class name from the model's ``classes.json``."""
-    from varkit.config import ConfigError
+    from varkit.errors import ConfigError
 
     if label is None:
         return None
@@ -52,8 +52,9 @@ def build_edit_inputs(cfg: DictConfig, image_size: tuple[int, int]) -> tuple[Any
     """The fitted source ``(3, H, W)`` in [0, 1] and its pixel edit mask ``(H, W)`` from the config."""
     import torch
 
-    from varkit.config import ConfigError, to_plain
+    from varkit.config import to_plain
     from varkit.editing import box_mask, fit_image, load_image, load_mask, place_on_canvas, side_mask
+    from varkit.errors import ConfigError
 
     if cfg.source is None:
         raise ConfigError("source=<image file> is required: the image to edit")
@@ -101,10 +102,12 @@ def run(cfg: DictConfig) -> None:
     import torch
     from PIL import Image
 
+    from varkit.checkpoint.generator import load_generator
     from varkit.cli.sample import resolve_device, resolve_dtype
-    from varkit.config import ConfigError, to_plain
+    from varkit.config import to_plain
     from varkit.editing import edit_grid, edit_images
-    from varkit.sampling_io import load_generator, save_pngs, to_uint8
+    from varkit.errors import ConfigError
+    from varkit.image_io import save_pngs, to_uint8
 
     if cfg.rule not in ("any", "majority", "all"):
         raise ConfigError(f"rule must be any, majority or all, got {cfg.rule!r}")

@@ -43,7 +43,7 @@ def _load_models(cfg: DictConfig, device: str) -> tuple[Any, Any]:
     import torch
 
     from varkit.checkpoint.io import load_pretrained
-    from varkit.config import ConfigError
+    from varkit.errors import ConfigError
 
     if not cfg.checkpoint.var or not cfg.checkpoint.vqvae:
         raise ConfigError(
@@ -64,7 +64,8 @@ def _load_models(cfg: DictConfig, device: str) -> tuple[Any, Any]:
 
 def _samples(cfg: DictConfig, device: str) -> tuple[Any, dict[str, Any] | None, str]:
     """(uint8 NHWC images, timing dict or None, description of the source)."""
-    from varkit.config import ConfigError, to_plain
+    from varkit.config import to_plain
+    from varkit.errors import ConfigError
     from varkit.evaluation.npz import load_samples_npz
     from varkit.evaluation.samples import class_labels, generate_samples, load_image_folder
 
@@ -100,8 +101,8 @@ def _samples(cfg: DictConfig, device: str) -> tuple[Any, dict[str, Any] | None, 
 
 
 def _reference(cfg: DictConfig, extractor: Any, device: str) -> Any:
-    from varkit.config import ConfigError
     from varkit.data.shards import expand_urls
+    from varkit.errors import ConfigError
     from varkit.evaluation.stats import reference_from_npz, reference_from_shards
 
     ref = cfg.reference
@@ -126,7 +127,8 @@ def _reference(cfg: DictConfig, extractor: Any, device: str) -> Any:
 
 
 def _table(cfg: DictConfig, result: dict[str, Any]) -> str:
-    from varkit.config import ConfigError, to_plain
+    from varkit.config import to_plain
+    from varkit.errors import ConfigError
     from varkit.evaluation.table import ComparisonRow, relative_times, render_table, rows_from_config
 
     literature = to_plain(cfg.literature) or {}
@@ -153,8 +155,10 @@ def _table(cfg: DictConfig, result: dict[str, Any]) -> str:
 def run(cfg: DictConfig) -> None:
     import torch
 
-    from varkit.config import ConfigError, to_plain
-    from varkit.evaluation.features import ChecksumError, build_extractor
+    from varkit.config import to_plain
+    from varkit.errors import ConfigError
+    from varkit.evaluation.extractors import build_extractor
+    from varkit.evaluation.features import ChecksumError
     from varkit.evaluation.npz import save_samples_npz
     from varkit.evaluation.runner import MetricSettings, evaluate_images
 

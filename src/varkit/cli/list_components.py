@@ -16,7 +16,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import varkit  # noqa: F401  (registers built-ins)
+    import varkit
+    import varkit.evaluation  # noqa: F401  (registers the feature extractors)
     from varkit.registry import REGISTRIES
 
     kinds = [args.kind] if args.kind else list(REGISTRIES)

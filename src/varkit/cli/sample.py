@@ -36,7 +36,7 @@ def resolve_device(name: str) -> Any:
 def resolve_dtype(precision: str, device: Any) -> Any:
     import torch
 
-    from varkit.config import ConfigError
+    from varkit.errors import ConfigError
 
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -47,7 +47,7 @@ def resolve_dtype(precision: str, device: Any) -> Any:
 
 
 def resolve_classes(classes: Any, num_classes: int) -> list[int]:
-    from varkit.config import ConfigError
+    from varkit.errors import ConfigError
 
     if classes in (None, "all"):
         return list(range(num_classes))
@@ -90,8 +90,10 @@ def generate(
 def run(cfg: DictConfig) -> None:
     import time
 
-    from varkit.config import ConfigError, to_plain
-    from varkit.sampling_io import load_generator, save_grid, save_npz, save_pngs, to_uint8
+    from varkit.checkpoint.generator import load_generator
+    from varkit.config import to_plain
+    from varkit.errors import ConfigError
+    from varkit.image_io import save_grid, save_npz, save_pngs, to_uint8
 
     device = resolve_device(str(cfg.device))
     dtype = resolve_dtype(str(cfg.precision), device)

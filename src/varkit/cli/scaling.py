@@ -122,8 +122,8 @@ def run_arguments(root: Path, depth: int, steps: int, args: argparse.Namespace) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from varkit.config import ConfigError
-    from varkit.scaling import collect_run, fit_power_law, plot_scaling, write_report
+    from varkit.errors import ConfigError
+    from varkit.experiments.scaling import collect_run, fit_power_law, plot_scaling, write_report
 
     root = Path(args.root).resolve()
     output = Path(args.output).resolve() if args.output else root / "runs" / "scaling"

@@ -29,26 +29,6 @@ CONFIG_NAME = "train_var"
 
 logger = logging.getLogger(__name__)
 
-#: model keys that the tokenizer decides (never specified twice)
-TOKENIZER_KEYS = ("scales", "codebook_size", "code_dim")
-
-
-def model_arguments(model: Mapping[str, Any], tokenizer: Any, attention: Any = None) -> dict[str, Any]:
-    """:class:`VAR` arguments: the ``model`` group with the tokenizer's scales/codebook and the attention kernel."""
-    from varkit.config import to_plain
-    from varkit.lit.tokenizer_source import tokenizer_facts
-
-    arguments = {str(k): v for k, v in dict(to_plain(model)).items() if k != "name"}
-    facts = tokenizer_facts(tokenizer)
-    for key in TOKENIZER_KEYS:
-        given = arguments.get(key)
-        if given is not None and key != "scales" and given != facts[key]:
-            logger.info("model.%s=%s replaced by the tokenizer's %s", key, given, facts[key])
-        arguments[key] = facts[key]
-    if attention is not None:
-        arguments["attention"] = to_plain(attention)
-    return arguments
-
 
 def find_classes(urls: Any) -> list[str] | None:
     """Class names from a ``classes.json`` beside the first shard or up to two folders above it."""
@@ -69,16 +49,18 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
     import lightning as L
     import torch
 
-    from varkit.config import ConfigError, instantiate_group, safe_instantiate, to_plain
-    from varkit.data.streaming import mix_seed
-    from varkit.lit.tokenizer_source import load_tokenizer, resolve_tokenizer_dir
+    from varkit.checkpoint.tokenizer_source import load_tokenizer, resolve_tokenizer_dir
+    from varkit.config import instantiate_group, safe_instantiate, to_plain
+    from varkit.errors import ConfigError
     from varkit.lit.var_module import VARModule
+    from varkit.models.factory import model_arguments
+    from varkit.rng import mix_seed
     from varkit.tracking import build_loggers, log_run_info
 
     L.seed_everything(int(cfg.seed), workers=True)  # same initial weights on every rank
     tokenizer_dir = resolve_tokenizer_dir(cfg.tokenizer.path)
     tokenizer = load_tokenizer(tokenizer_dir)
-    arguments = model_arguments(cfg.model, tokenizer, cfg.get("attention"))
+    arguments = model_arguments(to_plain(cfg.model), tokenizer, to_plain(cfg.get("attention")))
     datamodule = safe_instantiate(cfg.data)
     data_scales = getattr(datamodule, "scales", None)
     if data_scales is not None:
@@ -132,10 +114,10 @@ def export_model(
 
     ``state``: from :func:`export_state` (needed when the model is sharded; computed here otherwise).
     """
+    from varkit.checkpoint.generator import write_generator
     from varkit.data.shards import read_classes
     from varkit.lit.var_callbacks import find_ema
     from varkit.models.var import VAR
-    from varkit.sampling_io import write_generator
 
     if state is None:
         state = export_state(module, trainer, cfg)

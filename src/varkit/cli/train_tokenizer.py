@@ -33,7 +33,8 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
     """``(module, datamodule, trainer)`` from a composed ``train_tokenizer`` config (no training yet)."""
     import lightning as L
 
-    from varkit.config import ConfigError, instantiate_group, safe_instantiate
+    from varkit.config import instantiate_group, safe_instantiate
+    from varkit.errors import ConfigError
     from varkit.lit.tokenizer import TokenizerModule
     from varkit.tracking import build_loggers
 
@@ -69,8 +70,8 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
 
 
 def run(cfg: DictConfig) -> None:
+    from varkit.checkpoint.export import export_tokenizer
     from varkit.config import to_plain
-    from varkit.lit.export import export_tokenizer
     from varkit.tracking import finish_wandb_runs, log_run_info
 
     module, datamodule, trainer = build_training(cfg)

@@ -3,9 +3,10 @@
 * :mod:`varkit.data.shards` — deterministic tar shard writing, URL expansion, ``classes.json``.
 * :mod:`varkit.data.pack` — image folder → shards (``varkit data pack``).
 * :mod:`varkit.data.demo` — the procedural demo dataset (``varkit data demo``).
-* :mod:`varkit.data.streaming` — restorable rank/worker-aware streams, skip counting.
-* :mod:`varkit.data.images` — :class:`WebDataModule` for the image (tokenizer) stage.
-* :mod:`varkit.data.tokens` — pre-tokenized pyramids and :class:`TokenDataModule` for the transformer stage.
+* :mod:`varkit.data.streaming` — restorable rank/worker-aware streams, skip counting (plain PyTorch).
+* :mod:`varkit.data.images` — image sample decoding for the image (tokenizer) stage.
+* :mod:`varkit.data.tokens` — pre-tokenized pyramids: writing, reading, decoding.
+* :mod:`varkit.data.modules` — the Lightning DataModules (:class:`WebDataModule`, :class:`TokenDataModule`).
 """
 
 from __future__ import annotations
@@ -15,16 +16,16 @@ from typing import Any
 
 # Imported on first use so that ``varkit data pack`` and pack/demo worker processes do not pay for lightning.
 _EXPORTS = {
-    "DataSetupError": "varkit.data.streaming",
-    "LogSkippedSamples": "varkit.data.streaming",
+    "DataSetupError": "varkit.errors",
+    "LogSkippedSamples": "varkit.data.modules",
     "ShardStream": "varkit.data.streaming",
     "ShardWriter": "varkit.data.shards",
     "SkipSample": "varkit.data.streaming",
     "SkipStats": "varkit.data.stats",
-    "StreamDataModule": "varkit.data.streaming",
+    "StreamDataModule": "varkit.data.modules",
     "StreamLoader": "varkit.data.streaming",
-    "TokenDataModule": "varkit.data.tokens",
-    "WebDataModule": "varkit.data.images",
+    "TokenDataModule": "varkit.data.modules",
+    "WebDataModule": "varkit.data.modules",
     "expand_urls": "varkit.data.shards",
     "read_classes": "varkit.data.shards",
     "write_classes": "varkit.data.shards",

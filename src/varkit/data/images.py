@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from varkit.data.streaming import Decoder, SkipSample, StreamDataModule, Urls
+from varkit.data.streaming import SkipSample
 from varkit.data.transforms import ImageTransform
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageSampleDecoder", "WebDataModule", "decode_label"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageSampleDecoder", "decode_image", "decode_label"]
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
@@ -48,42 +48,3 @@ class ImageSampleDecoder:
     def __call__(self, sample: dict[str, Any], rng: np.random.Generator) -> tuple[torch.Tensor, int]:
         label = decode_label(sample)
         return self.transform(decode_image(sample), rng), label
-
-
-class WebDataModule(StreamDataModule):
-    """LightningDataModule for the image stage (tokenizer training, or on-the-fly tokenisation).
-
-    Args:
-        train_urls, val_urls: shard specifications — brace patterns, directories, paths, ``pipe:`` commands, lists.
-        image_size: output resolution (square).
-        mid_reso: resize the shorter side to ``image_size * mid_reso`` before cropping (VAR: 1.125).
-        hflip: random horizontal flips for training.
-        batch_size, val_batch_size, num_workers, shuffle_buffer, resampled, epoch_samples, seed, drop_last, rank,
-        world_size, pin_memory: see :class:`varkit.data.streaming.StreamDataModule`. ``epoch_samples`` counts
-        samples over all ranks; each rank yields ``epoch_samples // (world_size * batch_size)`` batches per epoch.
-
-    Example::
-
-        dm = WebDataModule("data/demo/train", "data/demo/val", image_size=32, batch_size=64)
-        dm.setup("fit")
-        images, labels = next(iter(dm.train_dataloader()))
-    """
-
-    def __init__(
-        self,
-        train_urls: Urls | None,
-        val_urls: Urls | None = None,
-        *,
-        image_size: int = 256,
-        mid_reso: float = 1.125,
-        hflip: bool = False,
-        **stream_options: Any,
-    ) -> None:
-        super().__init__(train_urls, val_urls, **stream_options)
-        self.image_size = image_size
-        self.mid_reso = mid_reso
-        self.hflip = hflip
-
-    def make_decoder(self, train: bool) -> Decoder:
-        transform = ImageTransform(self.image_size, train=train, mid_reso=self.mid_reso, hflip=self.hflip)
-        return ImageSampleDecoder(transform)

@@ -29,34 +29,21 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from varkit.data.shards import expand_urls
 from varkit.data.stats import SkipStats
+from varkit.errors import DataSetupError
+from varkit.rng import mix_seed
 
-__all__ = [
-    "DataSetupError",
-    "LogSkippedSamples",
-    "ShardStream",
-    "SkipSample",
-    "StreamDataModule",
-    "StreamLoader",
-    "mix_seed",
-    "resolve_topology",
-]
+__all__ = ["ShardStream", "SkipSample", "StreamLoader", "resolve_topology", "stack_collate"]
 
 logger = logging.getLogger(__name__)
 
 Urls = str | Path | Sequence[str | Path]
 Decoder = Callable[[dict[str, Any], np.random.Generator], tuple[Any, int]]
-
-
-class DataSetupError(ValueError):
-    """A data setup that cannot work (no shards, too few shards for the readers, ...); its message is one sentence
-    meant for the user, raised before training starts."""
 
 
 class SkipSample(Exception):
@@ -65,11 +52,6 @@ class SkipSample(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
-
-
-def mix_seed(*parts: int) -> int:
-    """Combine non-negative integers into one 63-bit seed (stable across processes and Python versions)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 def resolve_topology(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -346,125 +328,3 @@ class StreamLoader:
         self._epoch_finished = bool(state["epoch_finished"])
         self.skip_stats = SkipStats.from_state_dict(state["skip_stats"])
         self._history.clear()
-
-
-class StreamDataModule(L.LightningDataModule):
-    """Common base of the image and token DataModules: builds one train and one val :class:`StreamLoader`.
-
-    Subclasses implement :meth:`make_decoder` (and may override :meth:`make_collate`).
-    """
-
-    def __init__(
-        self,
-        train_urls: Urls | None,
-        val_urls: Urls | None = None,
-        *,
-        batch_size: int = 64,
-        val_batch_size: int | None = None,
-        num_workers: int = 0,
-        shuffle_buffer: int = 1000,
-        resampled: bool = False,
-        epoch_samples: int | None = None,
-        seed: int = 0,
-        drop_last: bool = True,
-        rank: int | None = None,
-        world_size: int | None = None,
-        pin_memory: bool = False,
-    ) -> None:
-        super().__init__()
-        self.train_urls = train_urls
-        self.val_urls = val_urls
-        self.batch_size = batch_size
-        self.val_batch_size = val_batch_size or batch_size
-        self.num_workers = num_workers
-        self.shuffle_buffer = shuffle_buffer
-        self.resampled = resampled
-        self.epoch_samples = epoch_samples
-        self.seed = seed
-        self.drop_last = drop_last
-        self.rank = rank
-        self.world_size = world_size
-        self.pin_memory = pin_memory
-        self._train: StreamLoader | None = None
-        self._val: StreamLoader | None = None
-
-    def make_decoder(self, train: bool) -> Decoder:
-        raise NotImplementedError
-
-    def make_collate(self) -> Callable[[list[Any]], Any]:
-        return stack_collate
-
-    def _topology(self) -> tuple[int, int]:
-        rank, world = self.rank, self.world_size
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None:
-            rank = trainer.global_rank if rank is None else rank
-            world = trainer.world_size if world is None else world
-        return resolve_topology(rank, world)
-
-    def setup(self, stage: str | None = None) -> None:
-        """Build the loaders and validate the setup (shard counts, epoch length) before any training starts."""
-        rank, world = self._topology()
-        if self._train is None and self.train_urls is not None and stage in (None, "fit"):
-            batches = None
-            if self.epoch_samples:
-                batches = max(1, self.epoch_samples // (world * self.batch_size))
-            dataset = ShardStream(
-                self.train_urls,
-                self.make_decoder(train=True),
-                batch_size=self.batch_size,
-                collate=self.make_collate(),
-                shuffle_buffer=self.shuffle_buffer,
-                resampled=self.resampled,
-                seed=self.seed,  # per-rank/worker streams differ through the reader id mixed into every seed
-                rank=rank,
-                world_size=world,
-                drop_last=self.drop_last,
-            )
-            self._train = StreamLoader(
-                dataset, num_workers=self.num_workers, batches_per_epoch=batches, pin_memory=self.pin_memory
-            )
-        if self._val is None and self.val_urls is not None and stage in (None, "fit", "validate"):
-            dataset = ShardStream(
-                self.val_urls,
-                self.make_decoder(train=False),
-                batch_size=self.val_batch_size,
-                collate=self.make_collate(),
-                rank=rank,
-                world_size=world,
-            )
-            # validation keeps going with fewer workers when its (usually few) shards cannot feed them all;
-            # fewer shards than ranks still fails in check_readers, with its explanation
-            workers = self.num_workers
-            if world <= len(dataset.urls) < world * max(workers, 1):
-                workers = len(dataset.urls) // world
-                logger.info("validation: %d shards for %d ranks: using %d workers", len(dataset.urls), world, workers)
-            self._val = StreamLoader(dataset, num_workers=workers, pin_memory=self.pin_memory, rewind=True)
-
-    def train_dataloader(self) -> StreamLoader:
-        if self._train is None:
-            self.setup("fit")
-        if self._train is None:
-            raise DataSetupError("no train_urls were given")
-        return self._train
-
-    def val_dataloader(self) -> StreamLoader:
-        if self._val is None:
-            self.setup("validate")
-        if self._val is None:
-            raise DataSetupError("no val_urls were given")
-        return self._val
-
-    @property
-    def skip_stats(self) -> SkipStats:
-        """Samples skipped so far by the training stream (log ``skip_stats.total`` as ``data/skipped``)."""
-        return self._train.skip_stats if self._train is not None else SkipStats()
-
-
-class LogSkippedSamples(L.Callback):
-    """Logs the training stream's skip count as ``data/skipped`` after every training batch."""
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        datamodule = getattr(trainer, "datamodule", None)
-        if isinstance(datamodule, StreamDataModule):
-            pl_module.log("data/skipped", float(datamodule.skip_stats.total), on_step=True, rank_zero_only=False)

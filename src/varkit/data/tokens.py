@@ -30,10 +30,11 @@ import torch
 from varkit.data.images import decode_image, decode_label
 from varkit.data.shards import ShardWriter, expand_urls
 from varkit.data.stats import SkipStats
-from varkit.data.streaming import DataSetupError, Decoder, SkipSample, StreamDataModule, Urls, stack_collate
+from varkit.data.streaming import SkipSample, Urls, stack_collate
 from varkit.data.transforms import ImageTransform
+from varkit.errors import DataSetupError
 
-__all__ = ["TokenDataModule", "TokenSampleDecoder", "read_token_info", "split_scales", "write_token_shards"]
+__all__ = ["ScaleSplitCollate", "TokenSampleDecoder", "read_token_info", "split_scales", "write_token_shards"]
 
 logger = logging.getLogger(__name__)
 
@@ -203,50 +204,3 @@ class ScaleSplitCollate:
 
     def __call__(self, items: list[torch.Tensor]) -> list[torch.Tensor]:
         return split_scales(stack_collate(items), self.scales)
-
-
-class TokenDataModule(StreamDataModule):
-    """LightningDataModule for the transformer stage, reading token shards written by :func:`write_token_shards`.
-
-    Batches are ``(indices, labels)``: ``indices`` is flat ``(b, L)`` int64 (``per_scale=False``) or the per-scale
-    list ``[(b, h_k * w_k), ...]``; ``labels`` is int64 ``(b,)``. ``token_info`` is the ``tokens.json`` content
-    (read from the folder of the first train shard when omitted). Other arguments as in :class:`WebDataModule`.
-    """
-
-    def __init__(
-        self,
-        train_urls: Urls | None,
-        val_urls: Urls | None = None,
-        *,
-        hflip: bool = False,
-        per_scale: bool = False,
-        token_info: dict[str, Any] | str | Path | None = None,
-        **stream_options: Any,
-    ) -> None:
-        super().__init__(train_urls, val_urls, **stream_options)
-        self.hflip = hflip
-        self.per_scale = per_scale
-        self._token_info = token_info
-
-    @property
-    def token_info(self) -> dict[str, Any]:
-        if not isinstance(self._token_info, dict):
-            source = self._token_info
-            if source is None:
-                urls = expand_urls(self.train_urls if self.train_urls is not None else self.val_urls)  # type: ignore[arg-type]
-                if not urls:
-                    raise DataSetupError(f"no shards found for {self.train_urls!r}: the shard list is empty")
-                source = Path(urls[0].split(" ")[-1]).parent
-            self._token_info = read_token_info(source)
-        return self._token_info
-
-    @property
-    def scales(self) -> list[tuple[int, int]]:
-        return [(int(h), int(w)) for h, w in self.token_info["scales"]]
-
-    def make_decoder(self, train: bool) -> Decoder:
-        total = sum(h * w for h, w in self.scales)
-        return TokenSampleDecoder(total, hflip=self.hflip and train)
-
-    def make_collate(self) -> Callable[[list[Any]], Any]:
-        return ScaleSplitCollate(self.scales) if self.per_scale else stack_collate

@@ -1,5 +1,6 @@
 """Sample-quality evaluation (VAR paper, Tian et al. 2024, §5): FID, IS, KID, precision/recall, ADM ``.npz`` files,
 reference statistics and the paper's comparison table. Plain torch/numpy: no Lightning, no Hydra, no scipy.
+Importing this package registers the built-in feature extractors (``inception_fid``, ``tiny``).
 
 >>> import numpy as np
 >>> from varkit.evaluation import frechet_distance, gaussian_statistics
@@ -8,17 +9,9 @@ reference statistics and the paper's comparison table. Plain torch/numpy: no Lig
 0.0
 """
 
-from varkit.evaluation.features import (
-    FEATURE_EXTRACTORS,
-    FID_INCEPTION_SHA256,
-    FeatureExtractor,
-    Features,
-    InceptionV3FID,
-    TinyExtractor,
-    build_extractor,
-    extract_features,
-    load_fid_inception,
-)
+from varkit.evaluation.extractors import build_extractor
+from varkit.evaluation.features import FEATURE_EXTRACTORS, FeatureExtractor, Features, extract_features
+from varkit.evaluation.inception import FID_INCEPTION_SHA256, InceptionV3FID, load_fid_inception
 from varkit.evaluation.metrics import (
     frechet_distance,
     gaussian_statistics,
@@ -30,6 +23,7 @@ from varkit.evaluation.npz import load_reference_npz, load_samples_npz, save_ref
 from varkit.evaluation.runner import MetricSettings, compute_metrics, evaluate_images
 from varkit.evaluation.stats import ReferenceStatistics, reference_from_npz, reference_from_shards
 from varkit.evaluation.table import ComparisonRow, relative_times, render_table
+from varkit.evaluation.tiny import TinyExtractor
 
 __all__ = [
     "FEATURE_EXTRACTORS",

@@ -21,7 +21,8 @@ from varkit.evaluation.metrics import (
     kernel_inception_distance,
     precision_recall,
 )
-from varkit.evaluation.stats import ReferenceStatistics, image_batches
+from varkit.evaluation.shard_images import image_batches
+from varkit.evaluation.stats import ReferenceStatistics
 
 __all__ = ["MetricSettings", "compute_metrics", "evaluate_images"]
 

@@ -128,7 +128,7 @@ class SampleQuality(ClassSampling):
         return self._reference
 
     def _score(self, trainer: L.Trainer, pl_module: L.LightningModule, images: Any, generation_seconds: float) -> None:
-        from varkit.evaluation.features import build_extractor
+        from varkit.evaluation.extractors import build_extractor
         from varkit.evaluation.runner import MetricSettings, evaluate_images
         from varkit.evaluation.samples import to_uint8_nhwc
 

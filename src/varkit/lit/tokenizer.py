@@ -28,17 +28,18 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from varkit.config import ConfigError, to_plain
-from varkit.lit.codebook import CodeUsage, codebook_of, reset_optimizer_rows, restart_dead_codes, scale_residuals
-from varkit.lit.losses import (
+from varkit.config import to_plain
+from varkit.errors import ConfigError
+from varkit.models.vqvae import VQVAE, build_vqvae
+from varkit.nn.discriminator import PatchDiscriminator
+from varkit.nn.perceptual import build_perceptual_loss
+from varkit.quantizers.codebook import CodeUsage, codebook_of, reset_optimizer_rows, restart_dead_codes, scale_residuals
+from varkit.training.losses import (
     adaptive_gan_weight,
     hinge_discriminator_loss,
     hinge_generator_loss,
     reconstruction_loss,
 )
-from varkit.models.vqvae import VQVAE, build_vqvae
-from varkit.nn.discriminator import PatchDiscriminator
-from varkit.nn.perceptual import build_perceptual_loss
 
 __all__ = ["CodebookSettings", "GANSettings", "LossSettings", "OptimSettings", "TokenizerModule", "WarmupCosine"]
 

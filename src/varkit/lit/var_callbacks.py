@@ -307,7 +307,7 @@ class SampleGrid(ClassSampling):
         self._trigger(trainer, pl_module)
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from varkit.sampling_io import save_grid, to_uint8
+        from varkit.image_io import save_grid, to_uint8
 
         classes, images, seconds = self.draw(trainer, pl_module)
         if not is_rank_zero():
@@ -359,7 +359,7 @@ class Throughput(L.Callback):
         self._last: float | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from varkit.lit.var_module import training_flops_per_sample
+        from varkit.models.flops import training_flops_per_sample
 
         self._flops_per_sample = training_flops_per_sample(_transformer(pl_module))  # type: ignore[arg-type]
         self._last = None

@@ -28,10 +28,17 @@ from torch import Tensor, nn
 
 from varkit.contracts import Scales
 from varkit.lit.fsdp import full_tensor
-from varkit.lit.optim import ScheduleSpec, build_adamw, lr_factor, param_groups, scaled_learning_rate, weight_decay_at
 from varkit.models.var import VAR
+from varkit.training.optim import (
+    ScheduleSpec,
+    build_adamw,
+    lr_factor,
+    param_groups,
+    scaled_learning_rate,
+    weight_decay_at,
+)
 
-__all__ = ["DEFAULT_LOSS", "DEFAULT_OPTIM", "DEFAULT_PROGRESSIVE", "VARModule", "training_flops_per_sample"]
+__all__ = ["DEFAULT_LOSS", "DEFAULT_OPTIM", "DEFAULT_PROGRESSIVE", "VARModule"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,28 +74,12 @@ def _merged(defaults: Mapping[str, Any], given: Mapping[str, Any] | None, what: 
     return {**defaults, **given}
 
 
-def training_flops_per_sample(model: VAR, length: int | None = None) -> float:
-    """Approximate training FLOPs per sample (forward + backward = 3x forward) of a teacher-forced step.
-
-    Counts the per-token matrix multiplications (attention projections, MLP, head, word embedding) and the
-    attention scores/values over the dense ``length x length`` block-causal mask; the per-sample adaLN
-    projections are negligible and left out.
-    """
-    length = model.scales.total_tokens if length is None else length
-    per_token = 0
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and "adaln" not in name and "head_norm" not in name:
-            per_token += module.in_features * module.out_features
-    forward = 2.0 * per_token * length + 4.0 * model.depth * length * length * model.width
-    return 3.0 * forward
-
-
 class VARModule(L.LightningModule):
     """Lightning system training a :class:`VAR` on a frozen tokenizer's token maps.
 
     Args:
         model: :class:`VAR` constructor arguments (a ``conf/model`` node; ``scales``, ``codebook_size`` and
-            ``code_dim`` must already come from the tokenizer — see :func:`varkit.cli.train.model_arguments`).
+            ``code_dim`` must already come from the tokenizer — see :func:`varkit.models.factory.model_arguments`).
         optim: optimiser/schedule options (:data:`DEFAULT_OPTIM`; ``batch_size`` is the per-device batch used for
             the learning-rate scaling rule, ``total_steps`` defaults to the trainer's ``max_steps``).
         loss: ``label_smoothing``.
@@ -198,7 +189,7 @@ class VARModule(L.LightningModule):
 
     def _class_dropout_generator(self) -> torch.Generator:
         if self._generator is None or self._generator.device != self.device:
-            from varkit.data.streaming import mix_seed
+            from varkit.rng import mix_seed
 
             generator = torch.Generator(device=self.device)
             generator.manual_seed(mix_seed(self.hparams["seed"], self.global_rank, 7))  # per-rank stream

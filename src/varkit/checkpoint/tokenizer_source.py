@@ -20,10 +20,9 @@ import torch
 from torch import nn
 
 from varkit.checkpoint.io import CONFIG_FILE, from_pretrained, read_config
-from varkit.config import ConfigError
-from varkit.contracts import Scales
+from varkit.errors import ConfigError
 
-__all__ = ["TOKENIZER_REFERENCE_FILE", "freeze", "load_tokenizer", "resolve_tokenizer_dir", "tokenizer_facts"]
+__all__ = ["TOKENIZER_REFERENCE_FILE", "freeze", "load_tokenizer", "resolve_tokenizer_dir", "tokenizer_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,17 +68,6 @@ def load_tokenizer(path: str | Path, *, device: torch.device | str = "cpu") -> n
     model = from_pretrained(directory, expect="vqvae", device=device)
     logger.info("loaded the frozen tokenizer from %s (scales %s)", directory, model.scales.describe())
     return freeze(model)
-
-
-def tokenizer_facts(tokenizer: nn.Module) -> dict[str, Any]:
-    """What the transformer takes from its tokenizer: ``scales`` (plain list), ``codebook_size``, ``code_dim``."""
-    scales: Scales = tokenizer.scales  # type: ignore[assignment]
-    quantizer = tokenizer.quantizer  # type: ignore[union-attr]
-    return {
-        "scales": scales.as_list(),
-        "codebook_size": int(quantizer.codebook_size),  # type: ignore[union-attr]
-        "code_dim": int(quantizer.code_dim),  # type: ignore[union-attr]
-    }
 
 
 def tokenizer_config(path: str | Path) -> dict[str, Any]:

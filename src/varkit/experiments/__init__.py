@@ -1,0 +1,1 @@
+"""Experiments built on varkit's stages (the scaling-law study)."""
