@@ -381,7 +381,7 @@ def test_reference_from_shards_is_cached_by_shards_and_extractor(tmp_path: Path,
     def fail(*args, **kwargs):
         raise AssertionError("features recomputed despite a cache hit")
 
-    monkeypatch.setattr(stats, "extract_features", fail)
+    monkeypatch.setattr(stats, "extract_all", fail)
     second = reference_from_shards(urls, extractor, image_size=16, cache_dir=tmp_path / "cache")
     np.testing.assert_allclose(second.mu, first.mu)
     np.testing.assert_allclose(second.features, first.features, rtol=1e-6)

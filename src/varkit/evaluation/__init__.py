@@ -1,6 +1,7 @@
 """Sample-quality evaluation (VAR paper, Tian et al. 2024, §5): FID, IS, KID, precision/recall, ADM ``.npz`` files,
-reference statistics and the paper's comparison table. Plain torch/numpy: no Lightning, no Hydra, no scipy.
-Importing this package registers the built-in feature extractors (``inception_fid``, ``tiny``).
+reference statistics and the paper's comparison table, plus ADM's sFID and class-conditional classifier accuracy.
+Plain torch/numpy: no Lightning, no Hydra, no scipy. Importing this package registers the built-in feature
+extractors (``inception_fid``, ``inception_fid_helper``, ``tiny``).
 
 >>> import numpy as np
 >>> from varkit.evaluation import frechet_distance, gaussian_statistics
@@ -10,9 +11,10 @@ Importing this package registers the built-in feature extractors (``inception_fi
 """
 
 from varkit.evaluation.extractors import build_extractor
-from varkit.evaluation.features import FEATURE_EXTRACTORS, FeatureExtractor, Features, extract_features
+from varkit.evaluation.features import FEATURE_EXTRACTORS, FeatureExtractor, Features, extract_all, extract_features
 from varkit.evaluation.inception import FID_INCEPTION_SHA256, InceptionV3FID, load_fid_inception
 from varkit.evaluation.metrics import (
+    classifier_accuracy,
     frechet_distance,
     gaussian_statistics,
     inception_score,
@@ -36,8 +38,10 @@ __all__ = [
     "ReferenceStatistics",
     "TinyExtractor",
     "build_extractor",
+    "classifier_accuracy",
     "compute_metrics",
     "evaluate_images",
+    "extract_all",
     "extract_features",
     "frechet_distance",
     "gaussian_statistics",

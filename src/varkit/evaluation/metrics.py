@@ -13,6 +13,10 @@ is testable against closed forms and independent of the network that produced th
 * Precision/recall (Kynkäänniemi et al. 2019): k-NN hyperspheres around each feature (k = 3 as in ADM's
   evaluator); precision = share of samples inside the real manifold, recall = share of real images inside the
   sample manifold.
+* sFID (Nash et al. 2021, reported by ADM's evaluator): the Fréchet distance of spatial features (ADM: the first 7
+  channels of Inception's 17×17 ``mixed_6/conv`` map, flattened); the same :func:`frechet_distance`.
+* Classifier accuracy: the share of class-conditional samples that the extractor's classifier assigns to the
+  class they were generated for (argmax of the logits); meaningful only for a classifier of the dataset's labels.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 
 __all__ = [
     "ScoreWithSpread",
+    "classifier_accuracy",
     "frechet_distance",
     "gaussian_statistics",
     "inception_score",
@@ -112,6 +117,21 @@ def inception_score(logits: ArrayLike, *, splits: int = 10) -> ScoreWithSpread:
         kl = (probs * (part - log_marginal)).sum(axis=1).mean()
         scores.append(np.exp(kl))
     return ScoreWithSpread(float(np.mean(scores)), float(np.std(scores)))
+
+
+def classifier_accuracy(logits: ArrayLike, labels: ArrayLike) -> float:
+    """Share of images whose logits' argmax equals their label: ``mean(argmax(logits, 1) == labels)``.
+
+    For class-conditional samples ``labels`` are the requested classes; ties resolve to the lowest class index
+    (``argmax``). ``logits``: ``(n, classes)``; ``labels``: ``(n,)`` integers.
+    """
+    logits = _as_float64(logits)
+    labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).astype(np.int64).reshape(-1)
+    if logits.ndim != 2 or logits.shape[0] != labels.shape[0] or logits.shape[0] == 0:
+        raise ValueError(f"need (n, classes) logits and n labels, got {logits.shape} and {labels.shape}")
+    if labels.min() < 0 or labels.max() >= logits.shape[1]:
+        raise ValueError(f"labels must lie in [0, {logits.shape[1]}), got {labels.min()}..{labels.max()}")
+    return float((logits.argmax(axis=1) == labels).mean())
 
 
 def _polynomial_kernel(x: np.ndarray, y: np.ndarray, degree: int) -> np.ndarray:

@@ -5,7 +5,7 @@ GANs" (Dhariwal & Nichol 2021, ``evaluations/evaluator.py``). It reads:
 
 * a sample batch: ``arr_0`` — ``uint8`` images ``(n, H, W, 3)`` (NHWC, RGB);
 * a reference batch: ``arr_0`` images as above (optional for FID), and the pool-feature statistics ``mu`` ``(2048,)``,
-  ``sigma`` ``(2048, 2048)`` (plus ``mu_s``/``sigma_s`` spatial statistics for sFID, which varkit does not compute).
+  ``sigma`` ``(2048, 2048)``, and ``mu_s`` ``(2023,)``/``sigma_s`` the spatial statistics for sFID.
 
 varkit writes files in this layout so that ``python evaluator.py ref.npz samples.npz`` works on them unchanged; a
 reference written by varkit may also hold ``features`` (pool features, for KID and precision/recall without images)
@@ -54,6 +54,9 @@ class ReferenceBatch:
     images: np.ndarray | None = None
     features: np.ndarray | None = None
     extractor: str | None = None
+    mu_s: np.ndarray | None = None
+    sigma_s: np.ndarray | None = None
+    accuracy: float | None = None
 
 
 def save_reference_npz(
@@ -64,8 +67,12 @@ def save_reference_npz(
     images: np.ndarray | None = None,
     features: np.ndarray | None = None,
     extractor: str | None = None,
+    mu_s: np.ndarray | None = None,
+    sigma_s: np.ndarray | None = None,
+    accuracy: float | None = None,
 ) -> Path:
-    """Write a reference batch in ADM's layout (``mu``, ``sigma``, optional ``arr_0``) plus varkit's extras."""
+    """Write a reference batch in ADM's layout (``mu``, ``sigma``, optional ``mu_s``/``sigma_s`` and ``arr_0``) plus
+    varkit's extras (``features``, ``extractor``, ``accuracy``: the extractor's classifier accuracy on them)."""
     mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
     if sigma.shape != (mu.shape[0], mu.shape[0]):
         raise ValueError(f"sigma {sigma.shape} does not match mu {mu.shape}")
@@ -76,6 +83,11 @@ def save_reference_npz(
         arrays["features"] = np.asarray(features, dtype=np.float32)
     if extractor is not None:
         arrays["extractor"] = np.array(extractor)
+    if mu_s is not None and sigma_s is not None:
+        arrays["mu_s"] = np.asarray(mu_s, dtype=np.float64)
+        arrays["sigma_s"] = np.asarray(sigma_s, dtype=np.float64)
+    if accuracy is not None:
+        arrays["accuracy"] = np.array(float(accuracy))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **arrays)  # type: ignore[arg-type]
@@ -94,6 +106,9 @@ def load_reference_npz(path: str | Path) -> ReferenceBatch:
             images=_check_nhwc_uint8(data["arr_0"]) if "arr_0" in keys else None,
             features=data["features"].astype(np.float64) if "features" in keys else None,
             extractor=str(data["extractor"]) if "extractor" in keys else None,
+            mu_s=data["mu_s"].astype(np.float64) if "mu_s" in keys and "sigma_s" in keys else None,
+            sigma_s=data["sigma_s"].astype(np.float64) if "mu_s" in keys and "sigma_s" in keys else None,
+            accuracy=float(data["accuracy"]) if "accuracy" in keys else None,
         )
     if (batch.mu is None) != (batch.sigma is None):
         raise KeyError(f"{path} has only one of 'mu' and 'sigma'")

@@ -1,7 +1,8 @@
 """One evaluation: features of generated images against reference statistics → every figure, as plain data.
 
 Used by ``varkit eval`` and the in-training callback. Figures follow the VAR paper's evaluation (Tian et al. 2024,
-§5): FID and IS, plus KID and improved precision/recall (k = 3, as ADM's evaluator).
+§5): FID and IS, plus sFID, KID and improved precision/recall (k = 3) as ADM's evaluator reports them, and, for
+class-conditional samples and an extractor whose head classifies the dataset's labels, the classifier accuracy.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from varkit.evaluation.features import FeatureExtractor, extract_features
+from varkit.evaluation.features import FeatureExtractor, extract_all
 from varkit.evaluation.metrics import (
+    classifier_accuracy,
     frechet_distance,
     gaussian_statistics,
     inception_score,
@@ -47,26 +49,35 @@ class MetricSettings:
 
 def compute_metrics(
     pool: np.ndarray,
-    logits: np.ndarray,
+    logits: np.ndarray | None,
     reference: ReferenceStatistics,
     settings: MetricSettings = MetricSettings(),
     *,
     device: str = "cpu",
+    spatial: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    dataset_classifier: bool = False,
 ) -> dict[str, Any]:
-    """FID, IS, KID, precision/recall of sample features against ``reference`` (``None`` where not computable)."""
+    """FID, sFID, IS, KID, precision/recall, classifier accuracy of sample features against ``reference``.
+
+    A figure that cannot be computed is ``None`` with a sentence in ``notes``: IS without ``logits``; sFID without
+    ``spatial`` features or reference spatial statistics; classifier accuracy without ``labels`` (the requested
+    classes) or when the extractor's head is not a classifier of the dataset's labels (``dataset_classifier``).
+    """
     if pool.shape[1] != reference.mu.shape[0]:
         raise ValueError(
             f"sample features have dimension {pool.shape[1]} but the reference statistics {reference.mu.shape[0]}: "
             "they come from different feature extractors"
         )
     mu, sigma = gaussian_statistics(pool)
-    splits = min(settings.inception_score_splits, len(logits))
-    score = inception_score(logits, splits=splits)
     result: dict[str, Any] = {
         "fid": frechet_distance(mu, sigma, reference.mu, reference.sigma),
-        "inception_score": score.mean,
-        "inception_score_std": score.std,
-        "inception_score_splits": splits,
+        "sfid": None,
+        "inception_score": None,
+        "inception_score_std": None,
+        "inception_score_splits": None,
+        "classifier_accuracy": None,
+        "reference_accuracy": reference.accuracy,
         "kid": None,
         "kid_std": None,
         "precision": None,
@@ -75,6 +86,32 @@ def compute_metrics(
         "num_reference": reference.num_images,
         "notes": [],
     }
+    if logits is not None:
+        splits = min(settings.inception_score_splits, len(logits))
+        score = inception_score(logits, splits=splits)
+        result.update(inception_score=score.mean, inception_score_std=score.std, inception_score_splits=splits)
+    else:
+        result["notes"].append(
+            "the feature extractor has no classifier head (pool features only): the Inception Score and the "
+            "classifier accuracy are unavailable"
+        )
+    if spatial is not None and reference.mu_s is not None and reference.sigma_s is not None:
+        if spatial.shape[1] != reference.mu_s.shape[0]:
+            raise ValueError(
+                f"sample spatial features have dimension {spatial.shape[1]} but the reference's "
+                f"{reference.mu_s.shape[0]}: they come from different feature extractors"
+            )
+        result["sfid"] = frechet_distance(*gaussian_statistics(spatial), reference.mu_s, reference.sigma_s)
+    else:
+        result["notes"].append("sFID needs spatial features of both samples and reference (mu_s/sigma_s)")
+    if labels is not None and logits is not None:
+        if dataset_classifier:
+            result["classifier_accuracy"] = classifier_accuracy(logits, labels)
+        else:
+            result["notes"].append(
+                "classifier accuracy needs an extractor whose head classifies the dataset's labels "
+                "(e.g. evaluator=tiny_demo); this one's classes are not the samples' classes"
+            )
     if reference.features is None:
         result["notes"].append("reference holds only mu/sigma: KID and precision/recall need reference features")
     else:
@@ -104,11 +141,24 @@ def evaluate_images(
     *,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
+    labels: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Extract features of ``uint8`` ``(n, H, W, 3)`` images and compute every metric against ``reference``."""
+    """Extract features of ``uint8`` ``(n, H, W, 3)`` images and compute every metric against ``reference``.
+
+    ``labels``: the classes the images were generated for (class-conditional samples), for classifier accuracy.
+    """
     if reference.extractor is not None and reference.extractor != extractor.fingerprint:
         raise ValueError(
             f"reference statistics were computed with {reference.extractor!r}, not {extractor.fingerprint!r}"
         )
-    pool, logits = extract_features(extractor, image_batches(iter(images), batch_size), device=device)
-    return compute_metrics(pool.numpy(), logits.numpy(), reference, settings, device=str(torch.device(device)))
+    out = extract_all(extractor, image_batches(iter(images), batch_size), device=device)
+    return compute_metrics(
+        out.pool.numpy(),
+        out.logits.numpy() if out.logits is not None else None,
+        reference,
+        settings,
+        device=str(torch.device(device)),
+        spatial=out.spatial.numpy() if out.spatial is not None else None,
+        labels=labels,
+        dataset_classifier=bool(getattr(extractor, "dataset_classifier", False)),
+    )

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from varkit.evaluation.features import FeatureExtractor, extract_features
-from varkit.evaluation.metrics import gaussian_statistics
+from varkit.evaluation.features import FeatureExtractor, Features, extract_all
+from varkit.evaluation.metrics import classifier_accuracy, gaussian_statistics
 from varkit.evaluation.npz import load_reference_npz, save_reference_npz
-from varkit.evaluation.shard_images import image_batches, iter_shard_images
+from varkit.evaluation.shard_images import image_batches, iter_shard_samples
 
 __all__ = [
     "ReferenceStatistics",
@@ -44,7 +44,9 @@ class ReferenceStatistics:
 
     ``mu``/``sigma``: Gaussian statistics of the pool features (FID). ``features``: the pool features themselves
     when available (KID and precision/recall need them). ``extractor``: fingerprint of the extractor, or ``None``
-    for ADM files (computed with TensorFlow's Inception graph). ``source``: where they came from.
+    for ADM files (computed with TensorFlow's Inception graph). ``source``: where they came from. ``mu_s``/
+    ``sigma_s``: statistics of the spatial features (sFID), when known. ``accuracy``: the extractor's classifier
+    accuracy on these labelled real images (the ceiling for the samples' classifier accuracy), when known.
     """
 
     mu: np.ndarray
@@ -53,12 +55,37 @@ class ReferenceStatistics:
     extractor: str | None
     num_images: int
     source: str
+    mu_s: np.ndarray | None = None
+    sigma_s: np.ndarray | None = None
+    accuracy: float | None = None
 
 
-def reference_from_features(features: np.ndarray, *, extractor: str | None, source: str) -> ReferenceStatistics:
-    """Statistics of already extracted pool features."""
+def reference_from_features(
+    features: np.ndarray | Features,
+    *,
+    extractor: str | None,
+    source: str,
+    labels: np.ndarray | None = None,
+    dataset_classifier: bool = False,
+) -> ReferenceStatistics:
+    """Statistics of already extracted pool features (or of every output of :func:`extract_all`).
+
+    With :class:`Features`, the spatial statistics (sFID) are computed too, and with ``labels`` (all known) and a
+    ``dataset_classifier`` extractor the classifier accuracy on these images.
+    """
+    spatial = logits = None
+    if isinstance(features, Features):
+        spatial = features.spatial.numpy() if features.spatial is not None else None
+        logits = features.logits.numpy() if features.logits is not None else None
+        features = features.pool.numpy()
     mu, sigma = gaussian_statistics(features)
-    return ReferenceStatistics(mu, sigma, np.asarray(features), extractor, int(features.shape[0]), source)
+    mu_s, sigma_s = gaussian_statistics(spatial) if spatial is not None else (None, None)
+    accuracy = None
+    if dataset_classifier and logits is not None and labels is not None and len(labels) == len(logits):
+        accuracy = classifier_accuracy(logits, labels)
+    return ReferenceStatistics(
+        mu, sigma, np.asarray(features), extractor, int(features.shape[0]), source, mu_s, sigma_s, accuracy
+    )
 
 
 def shards_cache_key(urls: Iterable[str], extractor: str, *, image_size: int, max_images: int | None) -> str:
@@ -73,7 +100,7 @@ def shards_cache_key(urls: Iterable[str], extractor: str, *, image_size: int, ma
         "image_size": image_size,
         "max_images": max_images,
         "preprocess": "adm_center_crop",
-        "version": 1,
+        "version": 2,  # 2: spatial statistics (sFID) and classifier accuracy are cached too
     }
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
 
@@ -99,12 +126,31 @@ def reference_from_shards(
         cached = load_reference_npz(cache_path)
         assert cached.mu is not None and cached.sigma is not None and cached.features is not None
         return ReferenceStatistics(
-            cached.mu, cached.sigma, cached.features, cached.extractor, len(cached.features), str(cache_path)
+            cached.mu,
+            cached.sigma,
+            cached.features,
+            cached.extractor,
+            len(cached.features),
+            str(cache_path),
+            cached.mu_s,
+            cached.sigma_s,
+            cached.accuracy,
         )
-    images = iter_shard_images(urls, image_size, limit=max_images)
-    features, _ = extract_features(extractor, image_batches(images, batch_size), device=device)
+    labels: list[int | None] = []
+
+    def images() -> Iterable[np.ndarray]:
+        for image, label in iter_shard_samples(urls, image_size, limit=max_images):
+            labels.append(label)
+            yield image
+
+    features = extract_all(extractor, image_batches(images(), batch_size), device=device)
+    known = None if any(label is None for label in labels) else np.asarray(labels)
     reference = reference_from_features(
-        features.numpy(), extractor=extractor.fingerprint, source=f"{len(urls)} shards ({urls[0]}, ...)"
+        features,
+        extractor=extractor.fingerprint,
+        source=f"{len(urls)} shards ({urls[0]}, ...)",
+        labels=known,
+        dataset_classifier=bool(getattr(extractor, "dataset_classifier", False)),
     )
     if cache_path is not None:
         save_reference_npz(
@@ -113,6 +159,9 @@ def reference_from_shards(
             sigma=reference.sigma,
             features=reference.features,
             extractor=extractor.fingerprint,
+            mu_s=reference.mu_s,
+            sigma_s=reference.sigma_s,
+            accuracy=reference.accuracy,
         )
         logger.info("reference statistics of %d images cached at %s", reference.num_images, cache_path)
     return reference
@@ -131,7 +180,8 @@ def reference_from_npz(
     fingerprint; an ADM file (no fingerprint, TF Inception statistics) is accepted for ``inception_fid`` extractors
     of the same dimension. Otherwise, or when features are needed and missing, the features are computed from the
     file's ``arr_0`` images. KID and precision/recall need per-image features, so they are unavailable for a file
-    holding only ``mu``/``sigma`` (``features`` is then ``None``).
+    holding only ``mu``/``sigma`` (``features`` is then ``None``). sFID uses the file's ``mu_s``/``sigma_s`` (ADM
+    reference batches hold them) when they match, else the spatial statistics of its images.
     """
     batch = load_reference_npz(path)
     fingerprint = extractor.fingerprint
@@ -140,14 +190,25 @@ def reference_from_npz(
         stats_match = stats_match and batch.extractor == fingerprint
     else:
         stats_match = stats_match and fingerprint.startswith("inception_fid")
+    spatial_dim = getattr(extractor, "spatial_dim", None)
+    spatial_match = stats_match and batch.mu_s is not None and batch.mu_s.shape[0] == spatial_dim
     features = batch.features if batch.extractor == fingerprint else None
-    if features is None and batch.images is not None:
+    extracted = None
+    if (features is None or not spatial_match) and batch.images is not None:
         images = (image for image in batch.images)
-        features = extract_features(extractor, image_batches(images, batch_size), device=device)[0].numpy()
+        extracted = extract_all(extractor, image_batches(images, batch_size), device=device)
+        features = extracted.pool.numpy()
     if stats_match:
         assert batch.mu is not None and batch.sigma is not None
         count = len(features) if features is not None else (len(batch.images) if batch.images is not None else 0)
-        return ReferenceStatistics(batch.mu, batch.sigma, features, batch.extractor, count, str(path))
+        mu_s, sigma_s = (batch.mu_s, batch.sigma_s) if spatial_match else (None, None)
+        if mu_s is None and extracted is not None and extracted.spatial is not None:
+            mu_s, sigma_s = gaussian_statistics(extracted.spatial.numpy())
+        return ReferenceStatistics(
+            batch.mu, batch.sigma, features, batch.extractor, count, str(path), mu_s, sigma_s, batch.accuracy
+        )
+    if extracted is not None:
+        return reference_from_features(extracted, extractor=fingerprint, source=str(path))
     if features is None:
         raise ValueError(
             f"{path}: its statistics were not computed with extractor {fingerprint!r} and it holds no images "

@@ -3,7 +3,8 @@
 Literature rows come from config (``conf/literature/*.yaml``: figures as published, with the paper's own marks
 such as ``†``); measured rows come from ``varkit eval`` results. ``Time`` is relative to a baseline row, as in the
 paper (VAR = 1): a measured row's time is its seconds per image divided by the baseline's seconds per image, times
-the baseline row's own relative time.
+the baseline row's own relative time. When any row has an sFID (ADM's spatial FID; measured rows from
+``varkit eval``), an ``sFID↓`` column follows ``FID↓``; rows without one show "—".
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ MISSING = "—"
 class ComparisonRow:
     """One table row. ``time``: relative inference time (``None`` → "—"); ``time_mark``: e.g. ``"†"``.
 
-    ``seconds_per_image``: measured wall-clock time, for measured rows (used to compute ``time``).
+    ``seconds_per_image``: measured wall-clock time, for measured rows (used to compute ``time``). ``sfid``:
+    spatial FID, when measured or published.
     """
 
     type: str
@@ -31,11 +33,12 @@ class ComparisonRow:
     time: float | None = None
     time_mark: str = ""
     seconds_per_image: float | None = None
+    sfid: float | None = None
 
 
 def rows_from_config(rows: Iterable[Mapping[str, Any]]) -> list[ComparisonRow]:
     """Rows from plain config mappings with keys ``type, model, fid, inception_score, time, time_mark``."""
-    allowed = {"type", "model", "fid", "inception_score", "time", "time_mark", "seconds_per_image"}
+    allowed = {"type", "model", "fid", "inception_score", "time", "time_mark", "seconds_per_image", "sfid"}
     result = []
     for row in rows:
         unknown = set(row) - allowed
@@ -84,10 +87,16 @@ def _time(row: ComparisonRow) -> str:
 
 
 def render_table(rows: Sequence[ComparisonRow], *, footnotes: Sequence[str] = ()) -> str:
-    """Markdown table ``| Type | Model | FID↓ | IS↑ | Time |`` (FID 2 decimals, IS 1 decimal), then footnotes."""
-    lines = ["| Type | Model | FID↓ | IS↑ | Time |", "|---|---|---|---|---|"]
+    """Markdown table ``| Type | Model | FID↓ | IS↑ | Time |`` (FID 2 decimals, IS 1 decimal), then footnotes.
+
+    With an sFID in any row, the header is ``| Type | Model | FID↓ | sFID↓ | IS↑ | Time |`` (sFID 2 decimals).
+    """
+    with_sfid = any(row.sfid is not None for row in rows)
+    header = ["Type", "Model", "FID↓", *(["sFID↓"] if with_sfid else []), "IS↑", "Time"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row.type, row.model, _number(row.fid, 2), _number(row.inception_score, 1), _time(row)]
+        sfid = [_number(row.sfid, 2)] if with_sfid else []
+        cells = [row.type, row.model, _number(row.fid, 2), *sfid, _number(row.inception_score, 1), _time(row)]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     if footnotes:

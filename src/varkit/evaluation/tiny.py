@@ -28,7 +28,12 @@ class TinyExtractor(nn.Module):
     logistic regression on up to ``fit_images`` images at construction, so the Inception Score becomes meaningful
     for that dataset. ``weights``: optional local file holding a state dict of this module; otherwise the weights
     are drawn from ``seed``.
+
+    Like the FID Inception network it also outputs ``spatial`` features for sFID: the first 7 channels of its
+    second convolution's map (8×8 at 32 px input), flattened channels-last (448 values).
     """
+
+    spatial_channels = 7
 
     def __init__(
         self,
@@ -47,6 +52,9 @@ class TinyExtractor(nn.Module):
         self.num_classes = num_classes
         self.input_size = input_size
         self.seed = seed
+        self.spatial_dim = self.spatial_channels * (input_size // 4) ** 2
+        # True once the head is fitted on a dataset: its argmax is then a prediction of that dataset's labels
+        self.dataset_classifier = False
         self.body = nn.Sequential(
             nn.Conv2d(3, width, 3, stride=2, padding=1),
             nn.ReLU(),
@@ -75,6 +83,7 @@ class TinyExtractor(nn.Module):
             labels = torch.tensor([label for _, label in samples])
             pool, _ = extract_features(self, image_batches((image for image, _ in samples), 256))
             self.fit_classifier(pool, labels)
+            self.dataset_classifier = True
 
     @property
     def fingerprint(self) -> str:
@@ -119,5 +128,7 @@ class TinyExtractor(nn.Module):
         x = images.to(self.classifier.weight.dtype) / 127.5 - 1.0
         if x.shape[-2:] != (self.input_size, self.input_size):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
-        pool = self.body(x).mean(dim=(2, 3))
-        return Features(pool=pool.float(), logits=self.classifier(pool).float())
+        mid = self.body[:4](x)
+        spatial = mid[:, : self.spatial_channels].permute(0, 2, 3, 1).flatten(1)
+        pool = self.body[4:](mid).mean(dim=(2, 3))
+        return Features(pool=pool.float(), logits=self.classifier(pool).float(), spatial=spatial.float())

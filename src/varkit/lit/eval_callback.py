@@ -148,22 +148,19 @@ class SampleQuality(ClassSampling):
         result = evaluate_images(
             pixels, self._extractor, reference, settings, batch_size=self.batch_size, device=device
         )
-        metrics = {
-            "eval/fid": result["fid"],
-            "eval/inception_score": result["inception_score"],
-            "eval/seconds_per_image": generation_seconds / len(pixels),
-        }
-        for key in ("kid", "precision", "recall"):
+        metrics = {"eval/fid": result["fid"], "eval/seconds_per_image": generation_seconds / len(pixels)}
+        # None where the extractor cannot give it (IS without a classifier head, sFID without spatial features)
+        for key in ("inception_score", "sfid", "kid", "precision", "recall"):
             if result[key] is not None:
                 metrics[f"eval/{key}"] = result[key]
         self.last_metrics = metrics
         for experiment_logger in trainer.loggers:
             experiment_logger.log_metrics(metrics, step=trainer.global_step)
         logger.info(
-            "step %d: FID %.3f, IS %.2f on %d samples (%.1f s)",
+            "step %d: FID %.3f, IS %s on %d samples (%.1f s)",
             trainer.global_step,
             result["fid"],
-            result["inception_score"],
+            "—" if result["inception_score"] is None else f"{result['inception_score']:.2f}",
             len(pixels),
             generation_seconds + time.perf_counter() - scoring_started,
         )
