@@ -74,8 +74,14 @@ def test_eval_generates_from_checkpoints_and_renders_the_table(
     assert timing["settings"]["batch_size"] == 10 and timing["settings"]["cfg"] == 1.5
     assert result["extractor"].startswith("tiny:") and "+head-" in result["extractor"]
     # the paper's rows, then ours, timed relative to itself
-    assert "| VAR | VAR-d36 | 2.63 | 303.2 | 1 |" in table
-    assert f"| VAR | varkit-tiny | {metrics['fid']:.2f} | {metrics['inception_score']:.1f} | 1 |" in table
+    assert "| VAR | VAR-d36 | 2.63 | — | 303.2 | 1 |" in table  # the paper reports no sFID
+    row = f"| VAR | varkit-tiny | {metrics['fid']:.2f} | {metrics['sfid']:.2f} | {metrics['inception_score']:.1f} | 1 |"
+    assert row in table
+    # sFID from the tiny extractor's spatial output; classifier accuracy of the requested classes, and its ceiling
+    assert metrics["sfid"] > 0 and 0.0 <= metrics["classifier_accuracy"] <= 1.0
+    assert metrics["reference_accuracy"] == 1.0  # the head was fitted on these very reference images
+    assert timing["settings"]["world_size"] == 1 and timing["chunks"] == 1
+    assert (tmp_path / "run" / "shares" / "chunk-000000.npz").is_file()
     samples = load_samples_npz(tmp_path / "run" / "samples.npz")
     assert samples.shape == (20, 16, 16, 3) and samples.dtype == np.uint8
     assert "s/image" in capsys.readouterr().out
@@ -103,10 +109,11 @@ def test_eval_of_the_reference_images_themselves_gives_zero_fid(
     assert code == 0
     metrics = result["metrics"]
     assert metrics["fid"] == pytest.approx(0.0, abs=1e-6)
-    assert metrics["precision"] == 1.0 and metrics["recall"] == 1.0
+    assert metrics["precision"] == 1.0 and metrics["recall"] == 1.0 and metrics["sfid"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["classifier_accuracy"] is None  # images from a folder: no requested classes
     # (KID is not ~0 here: its unbiased estimator assumes two independent samples, not one set twice)
     assert result["timing"] is None and table.startswith(
-        "| Type | Model | FID↓ | IS↑ | Time |\n|---|---|---|---|---|\n| VAR"
+        "| Type | Model | FID↓ | sFID↓ | IS↑ | Time |\n|---|---|---|---|---|---|\n| VAR"
     )
 
 

@@ -2,14 +2,20 @@
 
 Images come from checkpoints (``checkpoint.var`` + ``checkpoint.vqvae`` directories written by
 ``save_pretrained``; ``generate.per_class`` images per class, timed), a folder of images or an ADM ``.npz``.
-Reference statistics come from image shards (cached) or an ADM reference ``.npz``. Writes ``eval.json`` (every
-figure and setting), ``table.md`` (the VAR paper's ``Type | Model | FID↓ | IS↑ | Time`` table with the literature
-rows of ``literature=...``) and, for generated images, ``samples.npz`` for OpenAI's ADM evaluator.
+Generation runs through Lightning (:mod:`varkit.lit.eval_sampling`) on any strategy of the ``trainer`` group
+(``trainer=ddp`` for every GPU of a node, ``trainer.num_nodes`` for several); it is split into chunks with their
+own seeds, written to ``<output_dir>/shares/``, so the images do not depend on the number of processes and re-running
+the same command (same ``hydra.run.dir``) resumes a killed run. Reference statistics come from image shards
+(cached) or an ADM reference ``.npz``. Writes ``eval.json`` (every figure and setting), ``table.md`` (the VAR
+paper's ``Type | Model | FID↓ | IS↑ | Time`` table with the literature rows of ``literature=...``, plus an sFID
+column) and, for generated images, ``samples.npz`` for OpenAI's ADM evaluator.
 
 Examples::
 
     varkit eval checkpoint.var=runs/var-demo/export/var checkpoint.vqvae=runs/vqvae-demo/export/vqvae \\
         reference.path=data/demo/val generate.per_class=20
+    varkit eval trainer=ddp checkpoint.var=... checkpoint.vqvae=... evaluator=inception_fid \\
+        reference.source=npz reference.path=VIRTUAL_imagenet256_labeled.npz
     varkit eval samples.source=npz samples.path=samples.npz \\
         reference.source=npz reference.path=VIRTUAL_imagenet512.npz evaluator=inception_fid \\
         evaluator.weights=weights/pt_inception-2015-12-05-6726825d.pth
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +69,119 @@ def _load_models(cfg: DictConfig, device: str) -> tuple[Any, Any]:
     return var, vqvae
 
 
-def _samples(cfg: DictConfig, device: str) -> tuple[Any, dict[str, Any] | None, str]:
-    """(uint8 NHWC images, timing dict or None, description of the source)."""
+def sampling_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The sampling settings: the composed ``sampling`` group when the config has one, else ``generate.sampling``."""
     from varkit.config import to_plain
+
+    node = cfg.get("sampling")
+    if node is None:
+        node = cfg.generate.sampling
+    return dict(to_plain(node))
+
+
+def _generation_plan(cfg: DictConfig, labels: Any, sampling: dict[str, Any], world_size: int) -> dict[str, Any]:
+    """What the chunks of ``shares/`` depend on (checked on resume); not the number of processes."""
+    from varkit.evaluation.samples import labels_digest
+
+    return {
+        "var": str(Path(cfg.checkpoint.var).resolve()),
+        "vqvae": str(Path(cfg.checkpoint.vqvae).resolve()),
+        "dtype": str(cfg.checkpoint.dtype),
+        "seed": int(cfg.seed),
+        "chunk_size": int(cfg.generate.chunk_size),
+        "batch_size": int(cfg.generate.batch_size),
+        "num_images": len(labels),
+        "labels": labels_digest(labels),
+        "sampling": sampling,
+    }
+
+
+def _generate(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any], bool]:
+    """Sample (or resume) on every rank of the configured trainer; rank 0 merges the chunks.
+
+    Returns ``(images, labels, timing, is_rank_zero)``; images and labels are ``None`` on other ranks.
+    """
+    import torch
+
+    from varkit.config import safe_instantiate
+    from varkit.errors import ConfigError
+    from varkit.evaluation.samples import class_labels, merge_chunks, missing_chunks, plan_chunks, write_or_check_plan
+    from varkit.lit.eval_sampling import sample_missing_chunks
+
+    if int(cfg.generate.chunk_size) < 1 or int(cfg.generate.batch_size) < 1:
+        raise ConfigError("generate.chunk_size and generate.batch_size must be at least 1")
+    trainer = safe_instantiate(
+        cfg.trainer,
+        logger=False,
+        callbacks=[],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        use_distributed_sampler=False,
+    )
+    var, vqvae = _load_models(cfg, "cpu")  # Lightning moves them to each rank's device
+    classes = list(cfg.generate.classes) if cfg.generate.classes is not None else list(range(var.num_classes))
+    labels = class_labels(classes, int(cfg.generate.per_class))
+    if cfg.samples.limit is not None:
+        labels = labels[: cfg.samples.limit]
+    if not len(labels):
+        raise ConfigError("nothing to generate: generate.classes / generate.per_class / samples.limit give 0 images")
+    sampling = sampling_settings(cfg)
+    chunks = plan_chunks(labels, int(cfg.generate.chunk_size))
+    directory = Path(cfg.paths.output_dir) / "shares"
+    try:
+        write_or_check_plan(directory, _generation_plan(cfg, labels, sampling, trainer.world_size))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    pending = missing_chunks(directory, chunks)
+    logger.info("%d of %d chunks already sampled in %s", len(chunks) - len(pending), len(chunks), directory)
+    record = sample_missing_chunks(
+        trainer,
+        var,
+        vqvae,
+        pending,
+        directory=directory,
+        seed=int(cfg.seed),
+        batch_size=int(cfg.generate.batch_size),
+        sampling=sampling,
+        warmup=bool(cfg.generate.warmup),
+    )
+    if trainer.global_rank != 0:
+        return None, None, record, False
+    images, merged_labels, seconds = merge_chunks(directory, chunks)
+    total = float(sum(seconds))
+    timing = {
+        # device-seconds per image: the sum of every chunk's generation time (also of chunks of an earlier,
+        # resumed run) over the images; independent of how many processes shared the work
+        "num_images": len(images),
+        "total_seconds": total,
+        "seconds_per_image": total / len(images),
+        "images_per_second": len(images) / total if total > 0 else float("inf"),
+        "chunk_seconds": seconds,
+        "wall_seconds": record["wall_seconds"],
+        "chunks": len(chunks),
+        "chunks_sampled_now": len(pending),
+        "settings": {
+            "batch_size": int(cfg.generate.batch_size),
+            "chunk_size": int(cfg.generate.chunk_size),
+            "world_size": trainer.world_size,
+            "device": str(trainer.strategy.root_device),
+            "dtype": str(cfg.checkpoint.dtype),
+            "threads": torch.get_num_threads(),
+            "seed": int(cfg.seed),
+            "warmup": bool(cfg.generate.warmup),
+            "per_class": int(cfg.generate.per_class),
+            "num_classes": len(classes),
+            **sampling,
+        },
+    }
+    return images, merged_labels, timing, True
+
+
+def _samples(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any] | None, str, bool]:
+    """(uint8 NHWC images, labels or None, timing dict or None, source description, is rank zero)."""
     from varkit.errors import ConfigError
     from varkit.evaluation.npz import load_samples_npz
-    from varkit.evaluation.samples import class_labels, generate_samples, load_image_folder
+    from varkit.evaluation.samples import load_image_folder
 
     source = cfg.samples.source
     limit = cfg.samples.limit
@@ -78,26 +192,16 @@ def _samples(cfg: DictConfig, device: str) -> tuple[Any, dict[str, Any] | None, 
             images = load_image_folder(cfg.samples.path, limit=limit)
         else:
             images = load_samples_npz(cfg.samples.path)[:limit]
-        return images, None, f"{source}:{cfg.samples.path}"
+        return images, None, None, f"{source}:{cfg.samples.path}", True
     if source != "generate":
         raise ConfigError(f"samples.source must be generate, folder or npz, got {source!r}")
-    var, vqvae = _load_models(cfg, device)
-    classes = list(cfg.generate.classes) if cfg.generate.classes is not None else list(range(var.num_classes))
-    labels = class_labels(classes, int(cfg.generate.per_class))
-    if limit is not None:
-        labels = labels[:limit]
-    sampling = to_plain(cfg.generate.sampling)
-    images, timing = generate_samples(
-        var,
-        vqvae,
-        labels,
-        batch_size=int(cfg.generate.batch_size),
-        seed=int(cfg.seed),
-        sampling=sampling,
-        warmup=bool(cfg.generate.warmup),
-    )
-    timing.settings.update({"per_class": int(cfg.generate.per_class), "num_classes": len(classes)})
-    return images, timing.as_dict(), f"generate:{cfg.checkpoint.var}"
+    images, labels, timing, rank_zero = _generate(cfg)
+    return images, labels, timing, f"generate:{cfg.checkpoint.var}", rank_zero
+
+
+def _is_worker_process() -> bool:
+    """True in a process a launcher started for a rank other than 0 (it only samples its share)."""
+    return any(os.environ.get(name, "0") not in ("", "0") for name in ("LOCAL_RANK", "NODE_RANK", "RANK"))
 
 
 def _reference(cfg: DictConfig, extractor: Any, device: str) -> Any:
@@ -164,11 +268,18 @@ def run(cfg: DictConfig) -> None:
 
     torch.manual_seed(int(cfg.seed))
     device = resolve_device(str(cfg.device))
-    try:
+    extractor = None
+    if not _is_worker_process():
+        # before any sampling: a missing or wrong weights file is one sentence, not an error after hours of work
+        try:
+            extractor = build_extractor(to_plain(cfg.evaluator)).to(device)
+        except (FileNotFoundError, ChecksumError) as err:
+            raise ConfigError(str(err)) from None
+    images, labels, timing, _, rank_zero = _samples(cfg)
+    if not rank_zero:
+        return
+    if extractor is None:
         extractor = build_extractor(to_plain(cfg.evaluator)).to(device)
-    except (FileNotFoundError, ChecksumError) as err:
-        raise ConfigError(str(err)) from None
-    images, timing, source = _samples(cfg, device)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if timing is not None and cfg.samples.save_npz:
@@ -182,11 +293,13 @@ def run(cfg: DictConfig) -> None:
         )
     reference = _reference(cfg, extractor, device)
     settings = MetricSettings(**to_plain(cfg.metrics), seed=int(cfg.seed))
-    metrics = evaluate_images(images, extractor, reference, settings, batch_size=int(cfg.batch_size), device=device)
+    metrics = evaluate_images(
+        images, extractor, reference, settings, batch_size=int(cfg.batch_size), device=device, labels=labels
+    )
     result: dict[str, Any] = {
         "metrics": metrics,
         "timing": timing,
-        "samples": {"source": source, "count": len(images), "shape": list(images.shape[1:])},
+        "samples": {"source": source_of(cfg), "count": len(images), "shape": list(images.shape[1:])},
         "reference": {"source": reference.source, "num_images": reference.num_images, "path": str(cfg.reference.path)},
         "extractor": extractor.fingerprint,
         "metric_settings": settings.as_dict(),
@@ -194,6 +307,7 @@ def run(cfg: DictConfig) -> None:
             "type": str(cfg.table.type),
             "model": str(cfg.table.model),
             "fid": metrics["fid"],
+            "sfid": metrics["sfid"],
             "inception_score": metrics["inception_score"],
             "seconds_per_image": timing["seconds_per_image"] if timing is not None else None,
         },
@@ -203,17 +317,37 @@ def run(cfg: DictConfig) -> None:
     (output_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     (output_dir / "table.md").write_text(table)
     print(table, end="")
-    kid = "—" if metrics["kid"] is None else f"{metrics['kid']:.5f}"
-    precision = "—" if metrics["precision"] is None else f"{metrics['precision']:.3f}"
-    recall = "—" if metrics["recall"] is None else f"{metrics['recall']:.3f}"
-    print(
-        f"\nFID {metrics['fid']:.3f}  IS {metrics['inception_score']:.2f}  KID {kid}  "
-        f"precision {precision}  recall {recall}  ({metrics['num_samples']} samples)"
-    )
+    print("\n" + summary_line(metrics))
     if timing is not None:
         print(
             f"generation: {timing['seconds_per_image']:.4f} s/image, {timing['images_per_second']:.2f} images/s "
-            f"(batch {timing['settings']['batch_size']}, {timing['settings']['device']}, "
-            f"{timing['settings']['dtype']}, {timing['settings']['threads']} threads)"
+            f"(batch {timing['settings']['batch_size']}, {timing['settings']['world_size']} process(es) on "
+            f"{timing['settings']['device']}, {timing['settings']['dtype']}, {timing['settings']['threads']} threads; "
+            f"{timing['chunks_sampled_now']} of {timing['chunks']} chunks sampled now)"
         )
+    for note in metrics["notes"]:
+        print(f"note: {note}")
     print(f"wrote {output_dir / 'eval.json'} and {output_dir / 'table.md'}")
+
+
+def source_of(cfg: DictConfig) -> str:
+    if cfg.samples.source == "generate":
+        return f"generate:{cfg.checkpoint.var}"
+    return f"{cfg.samples.source}:{cfg.samples.path}"
+
+
+def summary_line(metrics: dict[str, Any]) -> str:
+    """One line with every figure (``—`` where unavailable)."""
+
+    def fmt(key: str, spec: str) -> str:
+        return "—" if metrics.get(key) is None else format(metrics[key], spec)
+
+    line = (
+        f"FID {fmt('fid', '.3f')}  sFID {fmt('sfid', '.3f')}  IS {fmt('inception_score', '.2f')}  "
+        f"KID {fmt('kid', '.5f')}  precision {fmt('precision', '.3f')}  recall {fmt('recall', '.3f')}"
+    )
+    if metrics.get("classifier_accuracy") is not None:
+        line += f"  accuracy {fmt('classifier_accuracy', '.3f')}"
+        if metrics.get("reference_accuracy") is not None:
+            line += f" (real images: {fmt('reference_accuracy', '.3f')})"
+    return line + f"  ({metrics['num_samples']} samples)"

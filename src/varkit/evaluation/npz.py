@@ -14,6 +14,8 @@ and ``extractor`` (the fingerprint of the network that produced the statistics).
 
 from __future__ import annotations
 
+import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +32,24 @@ def _check_nhwc_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def save_samples_npz(path: str | Path, images: np.ndarray) -> Path:
-    """Write ``uint8`` ``(n, H, W, 3)`` images as ADM's sample batch (``arr_0``); returns the path."""
+    """Write ``uint8`` ``(n, H, W, 3)`` images as ADM's sample batch (``arr_0``); returns the path.
+
+    The file is byte-for-byte a function of the images (an uncompressed zip like ``np.savez``'s, with a fixed
+    member timestamp instead of the current time), so equal samples give equal files and equal hashes; it is
+    written to a temporary name and renamed, so a killed run never leaves a truncated batch.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, arr_0=_check_nhwc_uint8(images))
+    images = np.ascontiguousarray(_check_nhwc_uint8(images))
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            info = zipfile.ZipInfo("arr_0.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(info, "w", force_zip64=True) as stream:
+                np.lib.format.write_array(stream, images, allow_pickle=False)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
     return path
 
 

@@ -3,11 +3,23 @@
 Generation follows the VAR paper's protocol (Tian et al. 2024, §5): a fixed number of images per class, class-
 conditional sampling with classifier-free guidance, images quantised to ``uint8`` for the evaluator. The wall-clock
 time of generation (model loading excluded) is recorded with the settings used, for the table's ``Time`` column.
+
+A 50k-image evaluation is split into **chunks** (:func:`plan_chunks`): the list of requested labels (class ``c``
+repeated ``per_class`` times, classes in order) is cut into consecutive chunks of a fixed size, and chunk ``i`` is
+sampled with its own generator seeded ``mix_seed(seed, i)``. Which process samples a chunk, and how many processes
+there are, therefore never changes its images: a run on 8 GPUs gives the images of a run on 1. Each chunk is
+written atomically to ``shares/chunk-<i>.npz`` (:func:`write_chunk`), so a killed run resumes by sampling only the
+missing chunks; :func:`merge_chunks` concatenates them in order into the ADM sample batch. Every sampling call goes
+through :func:`generate_share`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,10 +30,30 @@ import numpy as np
 import torch
 from PIL import Image
 
+from varkit.rng import mix_seed
+
 if TYPE_CHECKING:
     from varkit.models.var import VAR
 
-__all__ = ["GenerationTiming", "class_labels", "generate_samples", "load_image_folder", "to_uint8_nhwc"]
+__all__ = [
+    "GenerationTiming",
+    "SampleChunk",
+    "chunk_path",
+    "chunk_seed",
+    "class_labels",
+    "generate_samples",
+    "generate_share",
+    "labels_digest",
+    "load_image_folder",
+    "merge_chunks",
+    "missing_chunks",
+    "plan_chunks",
+    "read_chunk",
+    "sample_chunk",
+    "to_uint8_nhwc",
+    "write_chunk",
+    "write_or_check_plan",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +121,25 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def generate_share(
+    var: VAR,
+    vqvae: torch.nn.Module,
+    labels: torch.Tensor,
+    *,
+    generator: torch.Generator,
+    sampling: Mapping[str, Any],
+) -> torch.Tensor:
+    """THE sampling call of ``varkit eval``: images ``(b, 3, H, W)`` in [0, 1] for ``labels``.
+
+    ``sampling``: the sampling settings as one mapping (today the keyword arguments of :meth:`VAR.generate`:
+    ``cfg``, ``cfg_schedule``, ``top_k``, ``top_p``, ``temperature``); every generation path of the evaluation goes
+    through here, so a change of the sampling API is adapted in this one place.
+    """
+    from varkit.models.var import sample_images
+
+    return sample_images(var, vqvae, labels, generator=generator, **dict(sampling))
+
+
 def generate_samples(
     var: VAR,
     vqvae: torch.nn.Module,
@@ -106,12 +157,10 @@ def generate_samples(
     ``warmup``: first generate one untimed, discarded batch (its own generator), so one-off costs (allocator,
     kernel selection, lazy initialisation) do not inflate the time per image.
     """
-    from varkit.models.var import sample_images
-
     device = next(var.parameters()).device
     if warmup and len(labels):
         warm_generator = torch.Generator(device=device).manual_seed(seed + 1)
-        sample_images(var, vqvae, labels[:batch_size], generator=warm_generator, **sampling)
+        generate_share(var, vqvae, labels[:batch_size], generator=warm_generator, sampling=sampling)
     generator = torch.Generator(device=device).manual_seed(seed)
     outputs: list[np.ndarray] = []
     batch_seconds: list[float] = []
@@ -119,7 +168,7 @@ def generate_samples(
     start = time.perf_counter()
     for first in range(0, len(labels), batch_size):
         batch_start = time.perf_counter()
-        images = sample_images(var, vqvae, labels[first : first + batch_size], generator=generator, **sampling)
+        images = generate_share(var, vqvae, labels[first : first + batch_size], generator=generator, sampling=sampling)
         _synchronize(device)
         outputs.append(to_uint8_nhwc(images))
         batch_seconds.append(time.perf_counter() - batch_start)
@@ -136,3 +185,129 @@ def generate_samples(
     }
     timing = GenerationTiming(len(labels), total, batch_seconds, settings)
     return np.concatenate(outputs), timing
+
+
+# -- chunked, resumable, world-size independent generation ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SampleChunk:
+    """Chunk ``index`` of a run: the requested ``labels``, the first of which is image ``start`` of the run."""
+
+    index: int
+    start: int
+    labels: tuple[int, ...]
+
+
+def plan_chunks(labels: Sequence[int] | torch.Tensor, chunk_size: int) -> list[SampleChunk]:
+    """Cut the run's labels into consecutive chunks of ``chunk_size`` (the last may be shorter)."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk size must be at least 1, got {chunk_size}")
+    values = [int(label) for label in labels]
+    return [
+        SampleChunk(index, start, tuple(values[start : start + chunk_size]))
+        for index, start in enumerate(range(0, len(values), chunk_size))
+    ]
+
+
+def chunk_seed(seed: int, index: int) -> int:
+    """Seed of chunk ``index``: depends only on the run's seed and the chunk, never on which process samples it."""
+    return mix_seed(seed, index)
+
+
+def chunk_path(directory: str | Path, index: int) -> Path:
+    return Path(directory) / f"chunk-{index:06d}.npz"
+
+
+def sample_chunk(
+    var: VAR,
+    vqvae: torch.nn.Module,
+    chunk: SampleChunk,
+    *,
+    seed: int,
+    batch_size: int,
+    sampling: Mapping[str, Any],
+) -> tuple[np.ndarray, float]:
+    """Generate one chunk (batches of ``batch_size`` from the chunk's own generator); ``uint8`` NHWC and seconds."""
+    device = next(var.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(chunk_seed(seed, chunk.index))
+    labels = torch.tensor(chunk.labels, dtype=torch.long, device=device)
+    outputs = []
+    _synchronize(device)
+    start = time.perf_counter()
+    for first in range(0, len(labels), batch_size):
+        images = generate_share(var, vqvae, labels[first : first + batch_size], generator=generator, sampling=sampling)
+        outputs.append(to_uint8_nhwc(images))
+    _synchronize(device)
+    return np.concatenate(outputs), time.perf_counter() - start
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write through a temporary file in the same directory, then rename: readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_chunk(path: str | Path, images: np.ndarray, labels: Sequence[int], seconds: float) -> Path:
+    """Atomically write a chunk: images ``uint8`` NHWC, their labels and the seconds its generation took."""
+    path = Path(path)
+    arrays = {"images": images, "labels": np.asarray(labels, dtype=np.int64), "seconds": np.array(float(seconds))}
+    _atomic_write(path, lambda stream: np.savez(stream, **arrays))  # type: ignore[arg-type]
+    return path
+
+
+def read_chunk(path: str | Path) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(images, labels, seconds)`` of a chunk file."""
+    with np.load(path, allow_pickle=False) as data:
+        return data["images"], data["labels"], float(data["seconds"])
+
+
+def missing_chunks(directory: str | Path, chunks: Sequence[SampleChunk]) -> list[SampleChunk]:
+    """The chunks without a file in ``directory`` (atomic writes: an existing file is a finished chunk)."""
+    return [chunk for chunk in chunks if not chunk_path(directory, chunk.index).is_file()]
+
+
+def merge_chunks(directory: str | Path, chunks: Sequence[SampleChunk]) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Images and labels of every chunk, in chunk order, and each chunk's generation seconds."""
+    images, labels, seconds = [], [], []
+    for chunk in chunks:
+        chunk_images, chunk_labels, chunk_seconds = read_chunk(chunk_path(directory, chunk.index))
+        if tuple(int(label) for label in chunk_labels) != chunk.labels:
+            raise ValueError(f"{chunk_path(directory, chunk.index)} holds other labels than chunk {chunk.index}")
+        images.append(chunk_images)
+        labels.append(chunk_labels)
+        seconds.append(chunk_seconds)
+    return np.concatenate(images), np.concatenate(labels), seconds
+
+
+def write_or_check_plan(directory: str | Path, plan: Mapping[str, Any]) -> None:
+    """Record the settings the chunks of ``directory`` are sampled with, or check them against the recorded ones.
+
+    Chunks from other settings (seed, checkpoints, sampling options, labels, chunk or batch size) must never be
+    merged into a run: a mismatch raises ``ValueError`` naming the differing keys.
+    """
+    path = Path(directory) / "plan.json"
+    document = json.loads(json.dumps(dict(plan), sort_keys=True, default=str))
+    if path.is_file():
+        recorded = json.loads(path.read_text())
+        differing = sorted(key for key in set(recorded) | set(document) if recorded.get(key) != document.get(key))
+        if differing:
+            raise ValueError(
+                f"{directory} holds chunks sampled with other settings ({', '.join(differing)} differ): "
+                "use another output directory (hydra.run.dir) or delete it to start over"
+            )
+        return
+    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+    _atomic_write(path, lambda stream: stream.write(text.encode()))
+
+
+def labels_digest(labels: Sequence[int] | torch.Tensor) -> str:
+    """Short SHA-256 of a label list (identifies the requested classes and counts in a plan)."""
+    return hashlib.sha256(np.asarray([int(v) for v in labels], dtype=np.int64).tobytes()).hexdigest()[:16]
