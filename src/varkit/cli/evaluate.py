@@ -103,6 +103,7 @@ def _generate(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any], bool]:
     """
     import torch
 
+    from varkit.cli.train import relaunchable_argv
     from varkit.config import safe_instantiate
     from varkit.errors import ConfigError
     from varkit.evaluation.samples import class_labels, merge_chunks, missing_chunks, plan_chunks, write_or_check_plan
@@ -134,17 +135,18 @@ def _generate(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any], bool]:
         raise ConfigError(str(err)) from None
     pending = missing_chunks(directory, chunks)
     logger.info("%d of %d chunks already sampled in %s", len(chunks) - len(pending), len(chunks), directory)
-    record = sample_missing_chunks(
-        trainer,
-        var,
-        vqvae,
-        pending,
-        directory=directory,
-        seed=int(cfg.seed),
-        batch_size=int(cfg.generate.batch_size),
-        sampling=sampling,
-        warmup=bool(cfg.generate.warmup),
-    )
+    with relaunchable_argv("eval"):  # Lightning's DDP launcher starts the other ranks from sys.argv
+        record = sample_missing_chunks(
+            trainer,
+            var,
+            vqvae,
+            chunks,
+            directory=directory,
+            seed=int(cfg.seed),
+            batch_size=int(cfg.generate.batch_size),
+            sampling=sampling,
+            warmup=bool(cfg.generate.warmup),
+        )
     if trainer.global_rank != 0:
         return None, None, record, False
     images, merged_labels, seconds = merge_chunks(directory, chunks)

@@ -3,7 +3,9 @@
 The VAR paper's FID/IS (Tian et al. 2024, §5) are measured on 50 images per class (50k for ImageNet), a multi-GPU
 job at paper scale. The plan of chunks (:func:`varkit.evaluation.samples.plan_chunks`: fixed-size chunks of the
 label list, each with a seed derived from the run's seed and the chunk's index) is fixed before any process
-starts; rank ``r`` of ``w`` samples the missing chunks ``r, r + w, ...``. Chunks are written atomically to
+starts; rank ``r`` of ``w`` owns chunks ``r, r + w, ...`` of the plan and samples those of them that have no file
+yet (a static partition: ranks that look at the directory at slightly different times still never sample a chunk
+twice or leave one out). Chunks are written atomically to
 ``<output_dir>/shares/`` by the rank that samples them, so the images never depend on the number of processes and a
 killed run resumes by sampling only the missing chunks. Any Lightning strategy that runs ``predict`` works:
 ``trainer=ddp`` (GPUs of a node, several nodes with ``trainer.num_nodes`` under a cluster launcher), ``trainer=ddp_cpu``
@@ -24,7 +26,14 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from varkit.evaluation.samples import SampleChunk, chunk_path, generate_share, sample_chunk, write_chunk
+from varkit.evaluation.samples import (
+    SampleChunk,
+    chunk_path,
+    generate_share,
+    missing_chunks,
+    sample_chunk,
+    write_chunk,
+)
 
 __all__ = ["ChunkSampler", "sample_missing_chunks"]
 
@@ -38,8 +47,9 @@ def _first(items: list[int]) -> int:
 class ChunkSampler(L.LightningModule):
     """``predict_step`` samples one chunk (its index is the batch) and writes it to ``directory``.
 
-    ``pending``: the chunks still missing; each rank takes every ``world_size``-th of them from its rank on (no
-    Lightning distributed sampler: it would pad ranks with repeated chunks). ``warmup``: one untimed, discarded
+    ``chunks``: the whole plan; each rank owns every ``world_size``-th chunk from its rank on and samples the ones
+    without a file in ``directory`` (no Lightning distributed sampler: it would pad ranks with repeated chunks).
+    ``warmup``: one untimed, discarded
     batch before the first chunk of each rank, so one-off start-up costs stay out of the per-chunk seconds.
     """
 
@@ -47,7 +57,7 @@ class ChunkSampler(L.LightningModule):
         self,
         var: torch.nn.Module,
         vqvae: torch.nn.Module,
-        pending: Sequence[SampleChunk],
+        chunks: Sequence[SampleChunk],
         *,
         directory: str | Path,
         seed: int,
@@ -58,7 +68,7 @@ class ChunkSampler(L.LightningModule):
         super().__init__()
         self.var = var
         self.vqvae = vqvae
-        self.pending = {chunk.index: chunk for chunk in pending}
+        self.chunks = {chunk.index: chunk for chunk in chunks}
         self.directory = Path(directory)
         self.seed = seed
         self.batch_size = batch_size
@@ -68,12 +78,13 @@ class ChunkSampler(L.LightningModule):
 
     def predict_dataloader(self) -> DataLoader:
         rank, world = self.trainer.global_rank, self.trainer.world_size
-        mine = sorted(self.pending)[rank::world]
-        logger.info("rank %d of %d: %d of %d missing chunks to sample", rank, world, len(mine), len(self.pending))
+        owned = [chunk for chunk in sorted(self.chunks.values(), key=lambda c: c.index)][rank::world]
+        mine = [chunk.index for chunk in missing_chunks(self.directory, owned)]
+        logger.info("rank %d of %d: %d of its %d chunks to sample", rank, world, len(mine), len(owned))
         return DataLoader(mine, batch_size=1, shuffle=False, collate_fn=_first)
 
     def predict_step(self, index: int, batch_idx: int) -> None:
-        chunk = self.pending[int(index)]
+        chunk = self.chunks[int(index)]
         if self.warmup:
             self.warmup = False
             generator = torch.Generator(device=self.device).manual_seed(self.seed + 1)
@@ -92,7 +103,7 @@ def sample_missing_chunks(
     trainer: L.Trainer,
     var: torch.nn.Module,
     vqvae: torch.nn.Module,
-    pending: Sequence[SampleChunk],
+    chunks: Sequence[SampleChunk],
     *,
     directory: str | Path,
     seed: int,
@@ -100,14 +111,14 @@ def sample_missing_chunks(
     sampling: Mapping[str, Any],
     warmup: bool = True,
 ) -> dict[str, Any]:
-    """Sample ``pending`` chunks on every rank of ``trainer``; returns this rank's record once all ranks are done.
+    """Sample the missing ``chunks`` on every rank of ``trainer``; returns this rank's record once all are done.
 
     Every rank of the job must call it (the final barrier is a collective).
     """
     module = ChunkSampler(
         var,
         vqvae,
-        pending,
+        chunks,
         directory=directory,
         seed=seed,
         batch_size=batch_size,
@@ -115,7 +126,7 @@ def sample_missing_chunks(
         warmup=warmup,
     )
     started = time.perf_counter()
-    if pending:
+    if missing_chunks(directory, chunks):
         trainer.predict(module, return_predictions=False)
     wall = time.perf_counter() - started
     if torch.distributed.is_available() and torch.distributed.is_initialized():
