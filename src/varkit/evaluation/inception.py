@@ -346,12 +346,21 @@ class InceptionV3FID(nn.Module):
         x = F.max_pool2d(x, 3, stride=2)
         x = self.stem_5(self.stem_4(x))
         x = F.max_pool2d(x, 3, stride=2)
-        for block in (self.mixed_5b, self.mixed_5c, self.mixed_5d, self.mixed_6a, self.mixed_6b, self.mixed_6c):
+        before: tuple[nn.Module, ...] = (
+            self.mixed_5b,
+            self.mixed_5c,
+            self.mixed_5d,
+            self.mixed_6a,
+            self.mixed_6b,
+            self.mixed_6c,
+        )
+        for block in before:
             x = block(x)
         x, single = self.mixed_6d.forward_with_single(x)
         # channels-last flattening, as TF's (b, 17, 17, 7) tensor is reshaped in ADM's evaluator
         spatial = single[:, : self.spatial_channels].permute(0, 2, 3, 1).flatten(1)
-        for block in (self.mixed_6e, self.mixed_7a, self.mixed_7b, self.mixed_7c):
+        after: tuple[nn.Module, ...] = (self.mixed_6e, self.mixed_7a, self.mixed_7b, self.mixed_7c)
+        for block in after:
             x = block(x)
         return x.mean(dim=(2, 3)), spatial
 

@@ -34,6 +34,7 @@ from varkit.evaluation.samples import (
     sample_chunk,
     write_chunk,
 )
+from varkit.models.var import VAR
 
 __all__ = ["ChunkSampler", "sample_missing_chunks"]
 
@@ -55,7 +56,7 @@ class ChunkSampler(L.LightningModule):
 
     def __init__(
         self,
-        var: torch.nn.Module,
+        var: VAR,
         vqvae: torch.nn.Module,
         chunks: Sequence[SampleChunk],
         *,
@@ -81,7 +82,7 @@ class ChunkSampler(L.LightningModule):
         owned = [chunk for chunk in sorted(self.chunks.values(), key=lambda c: c.index)][rank::world]
         mine = [chunk.index for chunk in missing_chunks(self.directory, owned)]
         logger.info("rank %d of %d: %d of its %d chunks to sample", rank, world, len(mine), len(owned))
-        return DataLoader(mine, batch_size=1, shuffle=False, collate_fn=_first)
+        return DataLoader(mine, batch_size=1, shuffle=False, collate_fn=_first)  # type: ignore[arg-type]
 
     def predict_step(self, index: int, batch_idx: int) -> None:
         chunk = self.chunks[int(index)]
@@ -101,7 +102,7 @@ class ChunkSampler(L.LightningModule):
 
 def sample_missing_chunks(
     trainer: L.Trainer,
-    var: torch.nn.Module,
+    var: VAR,
     vqvae: torch.nn.Module,
     chunks: Sequence[SampleChunk],
     *,
