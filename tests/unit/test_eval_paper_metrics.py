@@ -101,6 +101,23 @@ def test_sfid_is_none_with_a_note_when_the_reference_has_no_spatial_statistics()
     assert any("Inception Score" in note for note in result["notes"])
 
 
+def test_adm_reference_batch_spatial_statistics_are_used_for_inception(tmp_path: Path) -> None:
+    from varkit.evaluation.npz import load_reference_npz, save_reference_npz
+    from varkit.evaluation.stats import reference_from_npz
+
+    rng = np.random.default_rng(2)
+    mu, mu_s = rng.normal(size=2048), rng.normal(size=2023)
+    sigma, sigma_s = np.eye(2048) * 2.0, np.eye(2023) * 3.0
+    # an ADM reference batch: TF statistics without a varkit fingerprint, no images
+    save_reference_npz(tmp_path / "adm.npz", mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s)
+    assert np.array_equal(load_reference_npz(tmp_path / "adm.npz").mu_s, mu_s)
+    reference = reference_from_npz(tmp_path / "adm.npz", InceptionV3FID())
+    assert np.array_equal(reference.mu_s, mu_s) and np.array_equal(reference.sigma_s, sigma_s)
+    # the tiny extractor's spatial features have another dimension: the file's statistics are not its own
+    with pytest.raises(ValueError, match="holds no images"):
+        reference_from_npz(tmp_path / "adm.npz", TinyExtractor())
+
+
 def test_table_gets_an_sfid_column_only_when_a_row_has_one() -> None:
     rows = [ComparisonRow("VAR", "VAR-d16", 3.55, 280.4, time=1)]
     assert render_table(rows).startswith("| Type | Model | FID↓ | IS↑ | Time |\n|---|---|---|---|---|\n")
