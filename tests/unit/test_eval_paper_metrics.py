@@ -168,7 +168,9 @@ def fid_helper() -> tuple[InceptionV3FID, torch.jit.ScriptModule]:
 @needs_fid_helper
 def test_fid_helper_metrics_agree_with_the_torchscript_itself(fid_helper) -> None:
     mapped, script = fid_helper
-    real, fake = _two_image_sets(10, 299, seed=3)  # 299 px: the TorchScript's only valid input size
+    real, blurred = _two_image_sets(10, 299, seed=3)  # 299 px: the TorchScript's only valid input size
+    # half the samples from the real images' distribution, half not: FID, KID, precision and recall all non-trivial
+    fake = np.concatenate([_two_image_sets(5, 299, seed=4)[0], blurred[:5]])
 
     def direct(images: np.ndarray) -> np.ndarray:
         x = (torch.from_numpy(images).permute(0, 3, 1, 2).double() - 128.0) / 128.0  # its documented input scaling
@@ -189,6 +191,7 @@ def test_fid_helper_metrics_agree_with_the_torchscript_itself(fid_helper) -> Non
     assert ours["fid"] > 1.0 and ours["fid"] == pytest.approx(theirs["fid"], rel=1e-5)
     assert ours["kid"] == pytest.approx(theirs["kid"], rel=1e-5)
     assert (ours["precision"], ours["recall"]) == (theirs["precision"], theirs["recall"])
+    assert 0.0 < ours["precision"] < 1.0 and ours["recall"] > 0.0
     assert ours["inception_score"] is None and any("Inception Score" in note for note in ours["notes"])
     assert mapped.fingerprint.startswith("inception_fid:sha256=7ff4a85c")
 

@@ -79,7 +79,7 @@ def sampling_settings(cfg: DictConfig) -> dict[str, Any]:
     return dict(to_plain(node))
 
 
-def _generation_plan(cfg: DictConfig, labels: Any, sampling: dict[str, Any], world_size: int) -> dict[str, Any]:
+def _generation_plan(cfg: DictConfig, labels: Any, sampling: dict[str, Any]) -> dict[str, Any]:
     """What the chunks of ``shares/`` depend on (checked on resume); not the number of processes."""
     from varkit.evaluation.samples import labels_digest
 
@@ -130,7 +130,7 @@ def _generate(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any], bool]:
     chunks = plan_chunks(labels, int(cfg.generate.chunk_size))
     directory = Path(cfg.paths.output_dir) / "shares"
     try:
-        write_or_check_plan(directory, _generation_plan(cfg, labels, sampling, trainer.world_size))
+        write_or_check_plan(directory, _generation_plan(cfg, labels, sampling))
     except ValueError as err:
         raise ConfigError(str(err)) from None
     pending = missing_chunks(directory, chunks)
