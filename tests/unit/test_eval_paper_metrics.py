@@ -150,6 +150,10 @@ def test_classifier_accuracy_only_for_a_dataset_classifier() -> None:
     fitted = compute_metrics(pool, logits, reference, MetricSettings(kid=False), labels=labels, dataset_classifier=True)
     assert fitted["classifier_accuracy"] == pytest.approx(float((logits.argmax(1) == labels).mean()))
     assert fitted["reference_accuracy"] == 0.9
+    settings = MetricSettings(kid=False)
+    beyond = compute_metrics(pool, logits, reference, settings, labels=labels + 5, dataset_classifier=True)
+    assert beyond["classifier_accuracy"] is None
+    assert any("within the extractor's 3 classes" in note for note in beyond["notes"])
     generic = compute_metrics(pool, logits, reference, MetricSettings(kid=False), labels=labels)
     assert generic["classifier_accuracy"] is None and any("classifier accuracy" in n for n in generic["notes"])
 

@@ -105,8 +105,13 @@ def compute_metrics(
     else:
         result["notes"].append("sFID needs spatial features of both samples and reference (mu_s/sigma_s)")
     if labels is not None and logits is not None:
-        if dataset_classifier:
+        labels = np.asarray(labels)
+        if dataset_classifier and len(labels) and labels.min() >= 0 and labels.max() < logits.shape[1]:
             result["classifier_accuracy"] = classifier_accuracy(logits, labels)
+        elif dataset_classifier:
+            result["notes"].append(
+                f"classifier accuracy needs requested classes within the extractor's {logits.shape[1]} classes"
+            )
         else:
             result["notes"].append(
                 "classifier accuracy needs an extractor whose head classifies the dataset's labels "
