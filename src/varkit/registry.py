@@ -7,7 +7,7 @@ It is the allow-list of what a config may build: configs name components, they n
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, overload
 
@@ -22,12 +22,31 @@ __all__ = [
     "Entry",
     "Registry",
     "UnknownComponentError",
+    "to_plain",
 ]
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 BUILTIN = "built-in"
+
+
+def to_plain(value: Any) -> Any:
+    """A plain-container copy of config data: mappings become dicts and sequences lists (tuples stay tuples).
+
+    Works on OmegaConf nodes too (they are mappings and sequences, and resolve interpolations on access) without
+    importing OmegaConf, so the plain-torch layers can take a config node or a dict alike.
+
+    >>> to_plain({"a": [1, (2, 3)], "b": {"c": "d"}})
+    {'a': [1, (2, 3)], 'b': {'c': 'd'}}
+    """
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(to_plain(v) for v in value)
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [to_plain(v) for v in value]
+    return value
 
 
 class UnknownComponentError(KeyError):

@@ -28,12 +28,12 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from varkit.config import to_plain
 from varkit.errors import ConfigError
 from varkit.models.vqvae import VQVAE, build_vqvae
 from varkit.nn.discriminator import PatchDiscriminator
 from varkit.nn.perceptual import build_perceptual_loss
 from varkit.quantizers.codebook import CodeUsage, codebook_of, reset_optimizer_rows, restart_dead_codes, scale_residuals
+from varkit.registry import to_plain
 from varkit.training.losses import (
     adaptive_gan_weight,
     hinge_discriminator_loss,
