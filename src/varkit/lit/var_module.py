@@ -78,7 +78,7 @@ class VARModule(L.LightningModule):
     """Lightning system training a :class:`VAR` on a frozen tokenizer's token maps.
 
     Args:
-        model: :class:`VAR` constructor arguments (a ``conf/model`` node; ``scales``, ``codebook_size`` and
+        model: :class:`VAR` constructor arguments (a ``model=`` config node; ``scales``, ``codebook_size`` and
             ``code_dim`` must already come from the tokenizer — see :func:`varkit.models.factory.model_arguments`).
         optim: optimiser/schedule options (:data:`DEFAULT_OPTIM`; ``batch_size`` is the per-device batch used for
             the learning-rate scaling rule, ``total_steps`` defaults to the trainer's ``max_steps``).

@@ -254,14 +254,6 @@ VQVAE_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _to_scales(scales: Scales | Mapping[str, Any] | Sequence[Any]) -> Scales:
-    if isinstance(scales, Scales):
-        return scales
-    if isinstance(scales, Mapping):
-        return SCALE_SCHEDULES.build(scales)
-    return Scales.of(list(scales))
-
-
 def build_vqvae(
     tokenizer: Mapping[str, Any],
     quantizer: Mapping[str, Any],
@@ -283,7 +275,7 @@ def build_vqvae(
     >>> vae.latent_size(), vae.scales.describe(), vae.quantizer.codebook_size
     ((4, 4), '(1, 2, 3, 4)', 64)
     """
-    schedule = _to_scales(scales)
+    schedule = SCALE_SCHEDULES.resolve(scales)
     tokenizer_args = {str(k): v for k, v in tokenizer.items() if k != "name"}
     quantizer_spec = {str(k): v for k, v in quantizer.items()}
     if "name" not in quantizer_spec:
