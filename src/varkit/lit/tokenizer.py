@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,8 +39,9 @@ from varkit.training.losses import (
     hinge_generator_loss,
     reconstruction_loss,
 )
+from varkit.training.optim import WarmupCosine, build_adamw, param_groups
 
-__all__ = ["CodebookSettings", "GANSettings", "LossSettings", "OptimSettings", "TokenizerModule", "WarmupCosine"]
+__all__ = ["CodebookSettings", "GANSettings", "LossSettings", "OptimSettings", "TokenizerModule"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,28 +105,6 @@ def _settings(kind: type, values: Mapping[str, Any] | None, where: str) -> Any:
     if "betas" in values:
         values["betas"] = tuple(values["betas"])
     return kind(**values)
-
-
-class WarmupCosine:
-    """LR multiplier: linear warm-up over ``warmup_steps``, then cosine decay to ``min_ratio`` at ``total_steps``.
-
-    A callable object (not a lambda) so that ``LambdaLR`` saves and restores it with the checkpoint.
-
-    >>> schedule = WarmupCosine(warmup_steps=10, total_steps=110, min_ratio=0.0)
-    >>> [round(schedule(s), 3) for s in (0, 9, 10, 60, 110, 200)]
-    [0.1, 1.0, 1.0, 0.5, 0.0, 0.0]
-    """
-
-    def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float) -> None:
-        self.warmup_steps = int(warmup_steps)
-        self.total_steps = int(total_steps)
-        self.min_ratio = float(min_ratio)
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _last_decoder_layer(vae: VQVAE) -> Tensor:
@@ -244,24 +222,20 @@ class TokenizerModule(L.LightningModule):
         )
 
     # -- optimisation --------------------------------------------------------------------------------------------
-    def _adamw(self, parameters: list[tuple[str, nn.Parameter]], lr: float) -> torch.optim.AdamW:
-        settings = self.optim_settings
-        codebook = codebook_of(self.vae.quantizer)
-        skip = {id(codebook.weight)} if codebook is not None else set()
-        # no decay on biases, norms and the codebook (decay would pull codes towards zero)
-        decay = [p for _, p in parameters if p.ndim >= 2 and id(p) not in skip]
-        no_decay = [p for _, p in parameters if p.ndim < 2 or id(p) in skip]
-        groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=settings.betas)
+    def _adamw(self, network: nn.Module, lr: float) -> torch.optim.AdamW:
+        # the transformer stage's grouping: no decay on biases, norms and the codebook (an nn.Embedding: decay
+        # would pull the codes towards zero)
+        groups = param_groups(network, self.optim_settings.weight_decay)
+        return build_adamw(groups, lr, betas=self.optim_settings.betas)
 
     def configure_optimizers(self) -> Any:
         settings = self.optim_settings
         schedule = WarmupCosine(settings.warmup_steps, self.total_steps, settings.min_lr_ratio)
-        generator = self._adamw(list(self.vae.named_parameters()), settings.lr)
+        generator = self._adamw(self.vae, settings.lr)
         optimizers = [generator]
         if self.discriminator is not None:
             lr = settings.discriminator_lr if settings.discriminator_lr is not None else settings.lr
-            optimizers.append(self._adamw(list(self.discriminator.named_parameters()), lr))
+            optimizers.append(self._adamw(self.discriminator, lr))
         # stepped by training_step once per batch (manual optimisation); saved and restored by Lightning
         schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, schedule) for opt in optimizers]
         return optimizers, schedulers
