@@ -16,11 +16,9 @@ length is ``total_steps`` (the CLI passes ``trainer.max_steps``), never ``traine
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
@@ -28,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from varkit.errors import ConfigError
+from varkit.lit.settings import CodebookSettings, GANSettings, LossSettings, OptimSettings, parse_settings
 from varkit.models.vqvae import VQVAE, build_vqvae
 from varkit.nn.discriminator import PatchDiscriminator
 from varkit.nn.perceptual import build_perceptual_loss
@@ -44,67 +43,6 @@ from varkit.training.optim import WarmupCosine, build_adamw, param_groups
 __all__ = ["CodebookSettings", "GANSettings", "LossSettings", "OptimSettings", "TokenizerModule"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LossSettings:
-    """``loss`` config: weights of the autoencoder terms and the perceptual network's local weight files."""
-
-    l1_weight: float = 1.0
-    l2_weight: float = 0.0
-    quantizer_weight: float = 1.0
-    perceptual_weight: float = 1.0
-    vgg_weights: str | None = None
-    lpips_weights: str | None = None
-
-
-@dataclass(frozen=True)
-class GANSettings:
-    """``gan`` config: the optional patch discriminator (hinge loss, VQGAN adaptive weight)."""
-
-    enabled: bool = False
-    weight: float = 0.1
-    start_step: int = 0
-    adaptive_weight: bool = True
-    max_adaptive_weight: float = 1.0e4
-    discriminator: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class OptimSettings:
-    """``optim`` config: AdamW for both networks, linear warm-up then cosine decay, gradient-norm clipping."""
-
-    lr: float = 2.0e-4
-    discriminator_lr: float | None = None
-    betas: tuple[float, float] = (0.5, 0.9)
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.1
-    grad_clip: float | None = 1.0
-
-
-@dataclass(frozen=True)
-class CodebookSettings:
-    """``codebook`` config: usage logging window and dead-code restarts."""
-
-    usage_window: int = 50
-    restart: bool = True
-    restart_every: int = 50
-    restart_until: int | None = None
-    dead_threshold: float = 1.0
-    pool_batches: int = 2
-    restart_noise: float = 0.0
-
-
-def _settings(kind: type, values: Mapping[str, Any] | None, where: str) -> Any:
-    values = dict(to_plain(values) or {})
-    known = {f.name for f in dataclasses.fields(kind)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in '{where}'; known keys: {', '.join(sorted(known))}")
-    if "betas" in values:
-        values["betas"] = tuple(values["betas"])
-    return kind(**values)
 
 
 def _last_decoder_layer(vae: VQVAE) -> Tensor:
@@ -157,10 +95,10 @@ class TokenizerModule(L.LightningModule):
         # plain containers only: a DictConfig here would break weights_only checkpoint loading
         self.save_hyperparameters(plain)
         self.automatic_optimization = False
-        self.loss_settings: LossSettings = _settings(LossSettings, plain["loss"], "loss")
-        self.gan_settings: GANSettings = _settings(GANSettings, plain["gan"], "gan")
-        self.optim_settings: OptimSettings = _settings(OptimSettings, plain["optim"], "optim")
-        self.codebook_settings: CodebookSettings = _settings(CodebookSettings, plain["codebook"], "codebook")
+        self.loss_settings = parse_settings(LossSettings, plain["loss"], "loss")
+        self.gan_settings = parse_settings(GANSettings, plain["gan"], "gan")
+        self.optim_settings = parse_settings(OptimSettings, plain["optim"], "optim")
+        self.codebook_settings = parse_settings(CodebookSettings, plain["codebook"], "codebook")
         if total_steps < 1:
             raise ConfigError(f"total_steps must be positive (got {total_steps}); set trainer.max_steps")
         self.total_steps = int(total_steps)
