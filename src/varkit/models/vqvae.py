@@ -167,10 +167,7 @@ class VQVAE(nn.Module):
     @torch.no_grad()
     def decode_indices_per_scale(self, indices: Sequence[Tensor], scales: Scales | None = None) -> list[Tensor]:
         """Coarse-to-fine previews: the image decoded after each scale (list of K ``(b, c, H, W)``)."""
-        decode_per_scale = getattr(self.quantizer, "decode_per_scale", None)
-        if decode_per_scale is None:
-            raise TypeError(f"{type(self.quantizer).__name__} has no decode_per_scale(indices, scales)")
-        per_scale = decode_per_scale(indices, self._scales_for(scales))
+        per_scale = self.quantizer.decode_per_scale(indices, self._scales_for(scales))
         return [self.decode_latents(latents) for latents in per_scale]
 
     @torch.no_grad()

@@ -119,11 +119,14 @@ def check_quantizer(
     decoded = quantizer.decode(indices, scales)
     if decoded.shape != latents.shape or not torch.allclose(decoded, out.quantized.detach(), atol=atol):
         _fail("decode(encode(latents)) differs from forward's quantized latents")
-    per_scale = getattr(quantizer, "decode_per_scale", None)
-    if per_scale is not None:
-        previews = per_scale(indices, scales)
-        if len(previews) != num_scales or not torch.allclose(previews[-1], decoded, atol=atol):
-            _fail("decode_per_scale must give K latents, the last equal to decode")
+    previews = quantizer.decode_per_scale(indices, scales)
+    if len(previews) != num_scales or not torch.allclose(previews[-1], decoded, atol=atol):
+        _fail("decode_per_scale must give K latents, the last equal to decode")
+    encoded, accumulated = quantizer.encode_per_scale(frozen, scales)
+    if any(not torch.equal(a, b) for a, b in zip(encoded, indices)) or len(accumulated) != num_scales:
+        _fail("encode_per_scale must give encode's indices and K accumulated latents")
+    if any(not torch.allclose(a, b, atol=atol) for a, b in zip(accumulated, previews)):
+        _fail("encode_per_scale's accumulated latents must equal decode_per_scale of its indices")
 
     # -- the transformer's view: teacher forcing = chained sampling steps ---------------------------------------
     for k, idx in enumerate(indices):
