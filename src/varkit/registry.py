@@ -185,7 +185,7 @@ class Registry(Generic[T]):
                 ) from None
             raise
 
-    def resolve(self, spec: str | Mapping[str, Any] | Sequence[Any] | T, /) -> T:
+    def resolve(self, spec: Any, /) -> T:
         """The one way a config entry becomes a component: a registered name, a ``{"name": ..., **kwargs}`` mapping
         (a plain dict or an OmegaConf node), a list where this kind has a literal form (:attr:`from_sequence`), or an
         object that is already built (returned as it is)."""

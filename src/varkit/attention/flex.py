@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -70,7 +70,7 @@ class FlexAttention(KernelBase):
 
     def _function(self, device: torch.device) -> Callable[..., Any]:
         use_compiled = self.compile if self.compile is not None else device.type == "cuda"
-        return _compiled_flex() if use_compiled else flex_attention
+        return _compiled_flex() if use_compiled else cast(Callable[..., Any], flex_attention)
 
     def __call__(
         self,

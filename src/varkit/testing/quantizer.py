@@ -122,10 +122,10 @@ def check_quantizer(
     previews = quantizer.decode_per_scale(indices, scales)
     if len(previews) != num_scales or not torch.allclose(previews[-1], decoded, atol=atol):
         _fail("decode_per_scale must give K latents, the last equal to decode")
-    encoded, accumulated = quantizer.encode_per_scale(frozen, scales)
-    if any(not torch.equal(a, b) for a, b in zip(encoded, indices)) or len(accumulated) != num_scales:
+    encoded, encoded_latents = quantizer.encode_per_scale(frozen, scales)
+    if any(not torch.equal(a, b) for a, b in zip(encoded, indices)) or len(encoded_latents) != num_scales:
         _fail("encode_per_scale must give encode's indices and K accumulated latents")
-    if any(not torch.allclose(a, b, atol=atol) for a, b in zip(accumulated, previews)):
+    if any(not torch.allclose(a, b, atol=atol) for a, b in zip(encoded_latents, previews)):
         _fail("encode_per_scale's accumulated latents must equal decode_per_scale of its indices")
 
     # -- the transformer's view: teacher forcing = chained sampling steps ---------------------------------------
