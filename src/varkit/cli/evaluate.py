@@ -30,15 +30,6 @@ CONFIG_NAME = "eval"
 logger = logging.getLogger(__name__)
 
 
-def resolve_device(spec: str) -> str:
-    """``auto`` → ``cuda`` when available, else ``cpu``; anything else as given."""
-    import torch
-
-    if spec == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return spec
-
-
 def _load_models(cfg: DictConfig, device: str) -> tuple[Any, Any]:
     import torch
 
@@ -163,7 +154,9 @@ def run(cfg: DictConfig) -> None:
     from varkit.evaluation.runner import MetricSettings, evaluate_images
 
     torch.manual_seed(int(cfg.seed))
-    device = resolve_device(str(cfg.device))
+    from varkit.hardware import resolve_device
+
+    device = str(resolve_device(str(cfg.device)))  # this command passes devices on as strings
     try:
         extractor = build_extractor(to_plain(cfg.evaluator)).to(device)
     except (FileNotFoundError, ChecksumError) as err:

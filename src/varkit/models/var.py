@@ -39,12 +39,22 @@ CfgScheduleSpec = str | Mapping[str, Any] | GuidanceSchedule | Callable[[int, in
 
 
 def _kernel_spec_as_data(spec: KernelSpec) -> str | dict[str, Any]:
-    """Plain-data form of a kernel spec for configs (a kernel object is recorded by its registry name)."""
+    """Plain-data form of a kernel spec for configs (a kernel object is recorded by its registry name).
+
+    A kernel object without a ``name`` cannot be written down: recording some other kernel's name would rebuild a
+    different model from the saved config, so it is an error rather than a guess.
+    """
     if isinstance(spec, str):
         return spec
     if isinstance(spec, Mapping):
         return dict(spec)
-    return str(getattr(spec, "name", "sdpa"))
+    name = getattr(spec, "name", None)
+    if not isinstance(name, str) or not name:
+        raise ValueError(
+            f"attention kernel {type(spec).__name__} has no registry name (a 'name' attribute), so the model config "
+            "could not record it; pass a registered name or a {'name': ...} spec instead"
+        )
+    return name
 
 
 @dataclass
@@ -197,8 +207,8 @@ class VAR(nn.Module):
             block.mlp.fc2.weight.div_(math.sqrt(2 * depth))
             adaln: AdaLNModulation = block.adaln
             if adaln.shared:
-                adaln.gss[:, :, 2:].mul_(init_adaln)
-                adaln.gss[:, :, :2].mul_(init_adaln_gamma)
+                adaln.block_offset[:, :, 2:].mul_(init_adaln)
+                adaln.block_offset[:, :, :2].mul_(init_adaln_gamma)
             else:
                 adaln.linear.weight[2 * width :].mul_(init_adaln)
                 adaln.linear.weight[: 2 * width].mul_(init_adaln_gamma)

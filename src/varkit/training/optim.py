@@ -42,7 +42,7 @@ __all__ = [
 #: parameter-name fragments excluded from weight decay, besides 1-D tensors, biases and the parameters of
 #: ``nn.Embedding`` / normalisation layers: start tokens, position and level embeddings, the shared adaLN table,
 #: and the per-head attention temperature of cosine attention
-NO_DECAY_KEYS: tuple[str, ...] = ("start_tokens", "position_embedding", "gss", "log_scale")
+NO_DECAY_KEYS: tuple[str, ...] = ("start_tokens", "position_embedding", "block_offset", "log_scale")
 
 _NO_DECAY_MODULES = (nn.Embedding, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.BatchNorm1d, nn.BatchNorm2d)
 
