@@ -24,7 +24,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from varkit.contracts import Scales
 from varkit.lit.fsdp import full_tensor
@@ -36,6 +36,7 @@ from varkit.lit.settings import (
     settings_dict,
 )
 from varkit.models.var import VAR
+from varkit.models.vqvae import VQVAE
 from varkit.training.optim import (
     ScheduleSpec,
     build_adamw,
@@ -73,7 +74,7 @@ class VARModule(L.LightningModule):
         progressive: Mapping[str, Any] | None = None,
         compile: bool | Mapping[str, Any] = False,
         seed: int = 0,
-        tokenizer: nn.Module | None = None,
+        tokenizer: VQVAE | None = None,
         tokenizer_path: str | None = None,
     ) -> None:
         super().__init__()
@@ -121,25 +122,24 @@ class VARModule(L.LightningModule):
         return parse_settings(ProgressiveSettings, self.hparams["progressive"], "progressive")
 
     # -- set-up ---------------------------------------------------------------------------------------------------
-    def _check_tokenizer(self, tokenizer: nn.Module) -> None:
-        scales = Scales.of(tokenizer.scales)  # type: ignore[arg-type]
-        quantizer = tokenizer.quantizer  # type: ignore[union-attr]
-        if scales != self.scales:
+    def _check_tokenizer(self, tokenizer: VQVAE) -> None:
+        quantizer = tokenizer.quantizer
+        if tokenizer.scales != self.scales:
             raise ValueError(f"the transformer's scales {self.scales.describe()} differ from the tokenizer's")
         if int(quantizer.codebook_size) != self.model.codebook_size or int(quantizer.code_dim) != self.model.code_dim:
             raise ValueError("the transformer's codebook_size/code_dim differ from the tokenizer's")
 
-    def set_tokenizer(self, tokenizer: nn.Module) -> None:
+    def set_tokenizer(self, tokenizer: VQVAE) -> None:
         """Attach the frozen tokenizer (e.g. after ``load_from_checkpoint``)."""
         self._check_tokenizer(tokenizer)
         self._unregistered["tokenizer"] = tokenizer
 
     @property
-    def tokenizer(self) -> nn.Module | None:
+    def tokenizer(self) -> VQVAE | None:
         """The frozen VQ-VAE (not a registered sub-module: see ``__init__``); set with :meth:`set_tokenizer`."""
         return self._unregistered["tokenizer"]
 
-    def _frozen_tokenizer(self) -> nn.Module:
+    def _frozen_tokenizer(self) -> VQVAE:
         tokenizer = self.tokenizer
         if tokenizer is None:
             raise RuntimeError("VARModule needs its frozen tokenizer: pass tokenizer= or call set_tokenizer()")
