@@ -73,7 +73,7 @@ class Scales:
             if isinstance(s, int) and not isinstance(s, bool):
                 pairs.append((s, s))
             elif isinstance(s, Sequence) and not isinstance(s, str) and len(s) == 2:
-                pairs.append((s[0], s[1]))  # type: ignore[arg-type]  # checked in __post_init__
+                pairs.append((s[0], s[1]))  # checked in __post_init__
             else:
                 raise InvalidScalesError(f"every scale must be a positive int or an (h, w) pair, got {s!r}")
         return cls(tuple(pairs))

@@ -193,7 +193,7 @@ class Registry(Generic[T]):
             return self.build(spec)
         if self.from_sequence is not None and isinstance(spec, Sequence) and not isinstance(spec, bytes):
             return self.from_sequence(list(spec))  # list(): an OmegaConf ListConfig becomes plain
-        return spec  # type: ignore[return-value]  # already built: the caller passed the component itself
+        return spec  # already built: the caller passed the component itself
 
     def names(self) -> list[str]:
         return sorted(self._entries)

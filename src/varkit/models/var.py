@@ -226,7 +226,7 @@ class VAR(nn.Module):
     def block_modulations(self, cond: Tensor) -> list[Tensor]:
         """Each block's six adaLN vectors ``(b, 1, 6, width)`` for class embeddings ``cond`` ``(b, width)``."""
         source = self.shared_adaln(cond) if self.shared_adaln is not None else cond
-        return [block.adaln(source) for block in self.blocks]  # type: ignore[operator, union-attr]
+        return [block.adaln(source) for block in self.blocks]  # type: ignore[operator]
 
     def drop_labels(self, labels: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """Class dropout: each label becomes the null class with probability ``class_dropout``."""

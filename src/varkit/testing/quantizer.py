@@ -74,7 +74,7 @@ def check_quantizer(
     num_scales = len(scales)
 
     # -- forward: shapes, counts, loss, gradients ---------------------------------------------------------------
-    out = quantizer.forward(latents, scales)  # type: ignore[call-arg]
+    out = quantizer.forward(latents, scales)
     if not isinstance(out, QuantizerOutput):
         _fail(f"forward must return a QuantizerOutput, got {type(out).__name__}")
     if out.quantized.shape != latents.shape or out.quantized.dtype != torch.float32:
@@ -158,7 +158,7 @@ def check_quantizer(
     # -- precision: token ids must not depend on autocast -------------------------------------------------------
     device_type = torch.device(device).type
     with torch.autocast(device_type, dtype=torch.bfloat16):
-        mixed = quantizer.forward(frozen, scales)  # type: ignore[call-arg]
+        mixed = quantizer.forward(frozen, scales)
     if mixed.quantized.dtype != torch.float32:
         _fail(f"under bf16 autocast the quantized latents must stay float32, got {mixed.quantized.dtype}")
     for k, (a, b) in enumerate(zip(mixed.indices, indices)):
