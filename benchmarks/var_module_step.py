@@ -71,11 +71,10 @@ def module_steps(depth: int, batch: int, runs: int, bf16: bool = True) -> list[f
 
     from varkit.lit.var_module import VARModule
     from varkit.models.factory import model_arguments
-    from varkit.models.var import resolve_scales
-    from varkit.registry import QUANTIZERS
+    from varkit.registry import QUANTIZERS, SCALE_SCHEDULES
 
     config = model_config(depth)
-    scales = resolve_scales(config["scales"])
+    scales = SCALE_SCHEDULES.resolve(config["scales"])
     quantizer = QUANTIZERS.build({"name": "msvq", "codebook_size": 4096, "code_dim": 32, "phi_count": 4})
     tokenizer = _TokenizerStandIn(quantizer, scales).eval()
     torch.manual_seed(0)

@@ -15,17 +15,17 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 import varkit.evaluation  # noqa: F401  (registers the feature extractors that configs name)
-from varkit.contracts import InvalidScalesError, Scales
+from varkit.contracts import InvalidScalesError
 from varkit.errors import ConfigError
 from varkit.registry import REGISTRIES, SCALE_SCHEDULES, UnknownComponentError
 
 __all__ = [
     "ALLOWED_TARGET_PREFIXES",
     "ConfigError",
-    "build_scales",
     "compose",
     "config_dir",
     "instantiate_group",
+    "register_presets",
     "register_resolvers",
     "safe_instantiate",
     "to_plain",
@@ -55,6 +55,22 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("varkit.precision", lambda accelerator="auto": trainer_precision(accelerator))
 
 
+def register_presets() -> None:
+    """Offer every built-in model and tokenizer preset as a Hydra option (``model=var_d16``, ``tokenizer=vqvae_f16``).
+
+    The options are generated from the presets' one definition (:mod:`varkit.models.presets`) into Hydra's
+    ConfigStore instead of being copied into ``conf/model`` and ``conf/tokenizer`` YAML files. Idempotent.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    from varkit.models.presets import preset_configs
+
+    store = ConfigStore.instance()
+    for group, options in preset_configs().items():
+        for name, node in options.items():
+            store.store(group=group, name=name, node=node, provider="varkit")
+
+
 def config_dir() -> Path:
     """The directory of varkit's own Hydra configs (``conf/`` in a checkout, ``varkit/conf`` in a wheel)."""
     path = (Path(__file__).parent / "conf").resolve()
@@ -77,6 +93,7 @@ def compose(config_name: str, overrides: Sequence[str] = (), *, with_hydra: bool
 
     load_plugins()
     register_resolvers()
+    register_presets()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
@@ -92,20 +109,6 @@ def to_plain(cfg: Any) -> Any:
     if isinstance(cfg, (DictConfig, ListConfig)):
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     return cfg
-
-
-def build_scales(spec: Any) -> Scales:
-    """Build the scale schedule from a ``schedule`` config node (``{name: var_256}``), a list, or a ``Scales``."""
-    if isinstance(spec, Scales):
-        return spec
-    spec = to_plain(spec)
-    if isinstance(spec, Mapping):
-        return SCALE_SCHEDULES.build(spec)
-    if isinstance(spec, str):
-        return SCALE_SCHEDULES.build(spec)
-    if isinstance(spec, Iterable):
-        return Scales.of(list(spec))
-    raise ConfigError(f"cannot build a scale schedule from {spec!r}")
 
 
 def _iter_targets(node: Any, path: str = "") -> Iterable[tuple[str, str]]:
@@ -161,7 +164,7 @@ def validate_components(cfg: DictConfig | Mapping[str, Any]) -> None:
                 raise ConfigError(f"config node '{kind}' needs a 'name' (one of: {', '.join(registry.names())})")
             registry.get(str(name))
         if isinstance(plain, Mapping) and plain.get("schedule") is not None:
-            build_scales(plain["schedule"])
+            SCALE_SCHEDULES.resolve(plain["schedule"])
     except (UnknownComponentError, InvalidScalesError, TypeError) as err:
         raise ConfigError(str(err)) from None
     check_targets(plain)

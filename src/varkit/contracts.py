@@ -73,7 +73,7 @@ class Scales:
             if isinstance(s, int) and not isinstance(s, bool):
                 pairs.append((s, s))
             elif isinstance(s, Sequence) and not isinstance(s, str) and len(s) == 2:
-                pairs.append((s[0], s[1]))  # type: ignore[arg-type]  # checked in __post_init__
+                pairs.append((s[0], s[1]))  # checked in __post_init__
             else:
                 raise InvalidScalesError(f"every scale must be a positive int or an (h, w) pair, got {s!r}")
         return cls(tuple(pairs))
@@ -168,12 +168,37 @@ class MultiScaleQuantizer(Protocol):
     codebook_size: int
     code_dim: int
 
-    def forward(self, latents: Tensor, scales: Scales) -> QuantizerOutput: ...
-    def encode(self, latents: Tensor, scales: Scales) -> list[Tensor]: ...
-    def decode(self, indices: Sequence[Tensor], scales: Scales) -> Tensor: ...
-    def lookup(self, indices: Tensor) -> Tensor: ...
-    def teacher_forcing_inputs(self, indices: Sequence[Tensor], scales: Scales) -> Tensor: ...
-    def next_scale_input(self, k: int, accumulated: Tensor, codes: Tensor, scales: Scales) -> tuple[Tensor, Tensor]: ...
+    def forward(self, latents: Tensor, scales: Scales) -> QuantizerOutput:
+        """Training: the quantized latent (straight-through), indices, loss and code counts."""
+        ...
+
+    def encode(self, latents: Tensor, scales: Scales) -> list[Tensor]:
+        """Per-scale token indices, K int64 tensors ``(b, h_k * w_k)``."""
+        ...
+
+    def encode_per_scale(self, latents: Tensor, scales: Scales) -> tuple[list[Tensor], list[Tensor]]:
+        """The indices and the accumulated latent ``(b, d, H, W)`` after each scale (two lists of length K)."""
+        ...
+
+    def decode(self, indices: Sequence[Tensor], scales: Scales) -> Tensor:
+        """The accumulated latent ``(b, d, H, W)`` of all K scales."""
+        ...
+
+    def decode_per_scale(self, indices: Sequence[Tensor], scales: Scales) -> list[Tensor]:
+        """The accumulated latent after each scale (coarse-to-fine previews); the last equals :meth:`decode`."""
+        ...
+
+    def lookup(self, indices: Tensor) -> Tensor:
+        """Code vectors of ``indices`` ``(b, l)`` as ``(b, l, code_dim)`` float32."""
+        ...
+
+    def teacher_forcing_inputs(self, indices: Sequence[Tensor], scales: Scales) -> Tensor:
+        """The transformer's inputs for scales 2..K, ``(b, L - h_1 * w_1, code_dim)``."""
+        ...
+
+    def next_scale_input(self, k: int, accumulated: Tensor, codes: Tensor, scales: Scales) -> tuple[Tensor, Tensor]:
+        """One sampling step: the new accumulated latent and the next scale's input."""
+        ...
 
 
 class CapabilityError(RuntimeError):
@@ -195,7 +220,7 @@ class KernelCapabilities:
 class BlockCausalMask:
     """VAR's attention structure: a query of scale k sees every key of scales <= k (Sec. 3.2, Fig. 4).
 
-    ``query_offset`` lets a chunk of queries (e.g. one scale during KV-cached sampling) reuse the same mask.
+    KV-cached sampling needs no mask: the queries of one scale see every cached key, all of coarser scales.
     """
 
     scales: Scales

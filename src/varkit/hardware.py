@@ -11,9 +11,16 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["cpu_bf16_flags", "fast_bf16", "resolve_precision", "trainer_precision"]
+__all__ = ["cpu_bf16_flags", "fast_bf16", "resolve_device", "resolve_precision", "trainer_precision"]
 
 _FAST_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def resolve_device(spec: str | torch.device) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; anything else as :class:`torch.device` (``"cuda:1"``, ...)."""
+    if isinstance(spec, str) and spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
 
 
 @functools.cache

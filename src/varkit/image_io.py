@@ -47,7 +47,7 @@ def save_grid(images: np.ndarray | Tensor, path: str | Path, columns: int | None
     grid = make_grid(images, columns)
     picture = Image.fromarray(grid)
     if upscale > 1:
-        picture = picture.resize((picture.width * upscale, picture.height * upscale), Image.NEAREST)
+        picture = picture.resize((picture.width * upscale, picture.height * upscale), Image.Resampling.NEAREST)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     picture.save(path)

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
-from varkit.registry import REGISTRIES
+from varkit.registry import BUILTIN, PRESETS, REGISTRIES
 
 __all__ = ["ENTRY_POINT_GROUP", "LoadedPlugin", "PluginError", "load_plugins", "plugin_config_packages"]
 
@@ -68,7 +68,8 @@ def load_plugins() -> dict[str, LoadedPlugin]:
     if _done:
         return dict(_loaded)
     for ep in discover():
-        before = {kind: set(reg.names()) for kind, reg in REGISTRIES.items()}
+        registries = {**REGISTRIES, **PRESETS}
+        before = {kind: set(reg.names()) for kind, reg in registries.items()}
         try:
             ep.load()
         except Exception as err:  # a broken plugin must be named, whatever it raised
@@ -77,8 +78,10 @@ def load_plugins() -> dict[str, LoadedPlugin]:
                 f"Fix or uninstall it, or block it with {BLOCK_ENV}={ep.name}."
             ) from err
         added: list[str] = []
-        for kind, reg in REGISTRIES.items():
+        for kind, reg in registries.items():
             for name in sorted(set(reg.names()) - before[kind]):
+                if reg.entry(name).origin == BUILTIN:  # a built-in module the plugin happened to import first
+                    continue
                 reg.set_origin(name, f"plugin {ep.name}")
                 added.append(f"{kind}:{name}")
         dist = ep.dist.name if ep.dist is not None else None

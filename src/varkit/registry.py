@@ -7,14 +7,22 @@ It is the allow-list of what a config may build: configs name components, they n
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+
+if TYPE_CHECKING:  # types only: the registries sit below everything they hold (docs/architecture.md)
+    from varkit.contracts import AttentionKernel, GuidanceSchedule, MultiScaleQuantizer, Scales
+    from varkit.evaluation.features import FeatureExtractor
+    from varkit.models.var import VAR
+    from varkit.models.vqvae import VQVAE
 
 __all__ = [
     "ATTENTION_KERNELS",
     "CFG_SCHEDULES",
     "FEATURE_EXTRACTORS",
+    "MODELS",
+    "PRESETS",
     "QUANTIZERS",
     "REGISTRIES",
     "SCALE_SCHEDULES",
@@ -22,12 +30,31 @@ __all__ = [
     "Entry",
     "Registry",
     "UnknownComponentError",
+    "to_plain",
 ]
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 BUILTIN = "built-in"
+
+
+def to_plain(value: Any) -> Any:
+    """A plain-container copy of config data: mappings become dicts and sequences lists (tuples stay tuples).
+
+    Works on OmegaConf nodes too (they are mappings and sequences, and resolve interpolations on access) without
+    importing OmegaConf, so the plain-torch layers can take a config node or a dict alike.
+
+    >>> to_plain({"a": [1, (2, 3)], "b": {"c": "d"}})
+    {'a': [1, (2, 3)], 'b': {'c': 'd'}}
+    """
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(to_plain(v) for v in value)
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [to_plain(v) for v in value]
+    return value
 
 
 class UnknownComponentError(KeyError):
@@ -65,11 +92,15 @@ class Registry(Generic[T]):
     ...     return 3
     >>> toys.build({"name": "three"})
     3
+    >>> toys.resolve("three"), toys.resolve(7)  # a name, a mapping, or something already built
+    (3, 7)
     """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
+        #: how a list/tuple spec becomes a component (scale schedules: a list of sizes); None: lists are not specs
+        self.from_sequence: Callable[[Sequence[Any]], T] | None = None
 
     # -- registration -------------------------------------------------------------------------------------------
     @overload
@@ -154,6 +185,16 @@ class Registry(Generic[T]):
                 ) from None
             raise
 
+    def resolve(self, spec: Any, /) -> T:
+        """The one way a config entry becomes a component: a registered name, a ``{"name": ..., **kwargs}`` mapping
+        (a plain dict or an OmegaConf node), a list where this kind has a literal form (:attr:`from_sequence`), or an
+        object that is already built (returned as it is)."""
+        if isinstance(spec, (str, Mapping)):
+            return self.build(spec)
+        if self.from_sequence is not None and isinstance(spec, Sequence) and not isinstance(spec, bytes):
+            return self.from_sequence(list(spec))  # list(): an OmegaConf ListConfig becomes plain
+        return spec  # already built: the caller passed the component itself
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 
@@ -173,11 +214,15 @@ class Registry(Generic[T]):
         return f"Registry({self.kind!r}, {self.names()})"
 
 
-QUANTIZERS: Registry[Any] = Registry("quantizer")
-SCALE_SCHEDULES: Registry[Any] = Registry("scale schedule")
-ATTENTION_KERNELS: Registry[Any] = Registry("attention kernel")
-CFG_SCHEDULES: Registry[Any] = Registry("guidance schedule")
-FEATURE_EXTRACTORS: Registry[Any] = Registry("feature extractor")
+QUANTIZERS: Registry[MultiScaleQuantizer] = Registry("quantizer")
+SCALE_SCHEDULES: Registry[Scales] = Registry("scale schedule")
+ATTENTION_KERNELS: Registry[AttentionKernel] = Registry("attention kernel")
+CFG_SCHEDULES: Registry[GuidanceSchedule] = Registry("guidance schedule")
+FEATURE_EXTRACTORS: Registry[FeatureExtractor] = Registry("feature extractor")
+#: named model shapes (``var_d16`` ...): ``varkit.create_model`` and the ``model=`` config options
+MODELS: Registry[VAR] = Registry("model")
+#: named tokenizers (``vqvae_f16`` ...): ``varkit.create_tokenizer`` and the ``tokenizer=`` config options
+TOKENIZERS: Registry[VQVAE] = Registry("tokenizer")
 
 #: every registry by its config-group name, in the order ``varkit list`` prints them
 REGISTRIES: dict[str, Registry[Any]] = {
@@ -187,3 +232,7 @@ REGISTRIES: dict[str, Registry[Any]] = {
     "cfg_schedule": CFG_SCHEDULES,
     "evaluator": FEATURE_EXTRACTORS,
 }
+
+#: the preset registries by config group: their config node holds the full arguments and ``name`` is the preset it
+#: starts from (``varkit.models.presets`` registers the built-ins and generates the Hydra options from them)
+PRESETS: dict[str, Registry[Any]] = {"model": MODELS, "tokenizer": TOKENIZERS}

@@ -14,6 +14,9 @@ from varkit.registry import SCALE_SCHEDULES
 
 __all__ = ["explicit", "geometric", "linear", "var_256", "var_512"]
 
+# a plain list of sizes is a schedule spec too (``SCALE_SCHEDULES.resolve([1, 2, 3])``): the explicit schedule
+SCALE_SCHEDULES.from_sequence = Scales.of
+
 
 @SCALE_SCHEDULES.register("var_256")
 def var_256() -> Scales:

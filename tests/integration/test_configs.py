@@ -9,7 +9,9 @@ import yaml
 from hydra.utils import get_class
 
 from varkit import ATTENTION_KERNELS, CFG_SCHEDULES
-from varkit.config import build_scales, check_targets, config_dir, validate_components
+from varkit.config import check_targets, config_dir, validate_components
+from varkit.models.presets import preset_configs
+from varkit.registry import SCALE_SCHEDULES
 
 CONF = config_dir()
 PRIMARY = sorted(p.stem for p in CONF.glob("*.yaml"))
@@ -36,6 +38,8 @@ def _cases() -> list[tuple[str, str, str]]:
                 stages = _stages(option)
                 if stages is None or primary in stages:
                     cases.append((primary, group, option.stem))
+            # model/tokenizer options are generated from the presets' one definition (varkit.models.presets)
+            cases.extend((primary, group, name) for name in sorted(preset_configs().get(group, {})))
     return cases
 
 
@@ -48,7 +52,7 @@ def test_option_composes_and_validates(compose_cfg, primary: str, group: str, op
     cfg = compose_cfg(primary, [f"{group}={option}"])
     validate_components(cfg)
     if group == "schedule":
-        build_scales(cfg.schedule)
+        SCALE_SCHEDULES.resolve(cfg.schedule)
     elif group == "cfg_schedule":
         schedule = CFG_SCHEDULES.build(cfg.cfg_schedule)
         assert schedule(0, 4, 2.0) >= 0.0

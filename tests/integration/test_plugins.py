@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from varkit import SCALE_SCHEDULES, Scales
-from varkit.config import build_scales
 from varkit.plugins import ENTRY_POINT_GROUP, load_plugins
 
 
@@ -46,7 +45,7 @@ def test_entry_point_registers_with_plugin_origin(fibonacci_installed: None) -> 
 def test_plugin_config_option_composes_and_builds(fibonacci_installed: None, compose_cfg) -> None:
     cfg = compose_cfg("train_tokenizer", ["schedule=fibonacci", "schedule.latent_size=8"])
     assert cfg.schedule.name == "fibonacci"
-    assert build_scales(cfg.schedule) == Scales.of([1, 2, 3, 5, 8])
+    assert SCALE_SCHEDULES.resolve(cfg.schedule) == Scales.of([1, 2, 3, 5, 8])
 
 
 def test_list_shows_plugin_and_block_env_removes_it(fibonacci_installed: None) -> None:

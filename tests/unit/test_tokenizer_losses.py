@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from varkit.contracts import Scales
-from varkit.lit.tokenizer import WarmupCosine
 from varkit.nn.discriminator import PatchDiscriminator
 from varkit.nn.perceptual import VGG16_LAYOUT, LPIPSLoss, build_perceptual_loss
 from varkit.quantizers.codebook import CodeUsage, reset_optimizer_rows, restart_dead_codes, scale_residuals
@@ -23,6 +22,7 @@ from varkit.training.losses import (
     hinge_generator_loss,
     reconstruction_loss,
 )
+from varkit.training.optim import WarmupCosine
 
 
 def test_reconstruction_loss_matches_numpy() -> None:

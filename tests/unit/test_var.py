@@ -240,14 +240,13 @@ def test_official_key_map_round_trip(shared_adaln: bool) -> None:
         var_from_official(official, {**config, "patch_nums": [1, 2, 4]})
 
 
-def test_conf_model_yaml_matches_presets() -> None:
-    from pathlib import Path
-
+def test_conf_model_options_match_presets(compose_cfg) -> None:
+    # the model=<name> options are generated from the presets (varkit.models.presets); compose what users get
     from omegaconf import OmegaConf
 
-    conf = Path(__file__).resolve().parents[2] / "conf" / "model"
+    options = {name: compose_cfg("train_var", [f"model={name}"]).model for name in VAR_PRESETS}
     for name, preset in VAR_PRESETS.items():
-        node = OmegaConf.to_container(OmegaConf.load(conf / f"{name}.yaml"), resolve=True)
+        node = OmegaConf.to_container(options[name], resolve=True)
         assert isinstance(node, dict) and node.pop("name") == name
         scales = node.pop("scales")
         expected = dict(preset)
@@ -259,7 +258,7 @@ def test_conf_model_yaml_matches_presets() -> None:
         )
         for key, value in expected.items():
             assert node[key] == pytest.approx(value), (name, key)
-    tiny = OmegaConf.to_container(OmegaConf.load(conf / "var_tiny.yaml"), resolve=True)
+    tiny = OmegaConf.to_container(options["var_tiny"], resolve=True)
     assert VAR.from_config(tiny).scales == Scales.of(SCALES)  # type: ignore[arg-type]
 
 

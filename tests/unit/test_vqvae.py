@@ -134,8 +134,9 @@ def test_config_round_trip_rebuilds_the_same_model() -> None:
 
 @pytest.mark.parametrize("quantizer", ["msvq", "msfsq"])
 @pytest.mark.parametrize("tokenizer", ["vqvae_tiny", "vqvae_demo"])
-def test_yaml_configs_build(tokenizer: str, quantizer: str) -> None:
-    tokenizer_cfg = OmegaConf.to_container(OmegaConf.load(CONF / "tokenizer" / f"{tokenizer}.yaml"))
+def test_yaml_configs_build(compose_cfg, tokenizer: str, quantizer: str) -> None:
+    # tokenizer=<name> options are generated from VQVAE_PRESETS (varkit.models.presets): compose what users get
+    tokenizer_cfg = OmegaConf.to_container(compose_cfg("train_tokenizer", [f"tokenizer={tokenizer}"]).tokenizer)
     quantizer_cfg = OmegaConf.to_container(OmegaConf.load(CONF / "quantizer" / f"{quantizer}.yaml"))
     assert quantizer_cfg["name"] == quantizer
     assert {k: v for k, v in tokenizer_cfg.items() if k != "name"} == VQVAE_PRESETS[tokenizer]["tokenizer"]
@@ -147,9 +148,9 @@ def test_yaml_configs_build(tokenizer: str, quantizer: str) -> None:
     assert [t.shape[1] for t in vae.tokenize(images)] == list(vae.scales.token_counts)
 
 
-def test_f16_preset_has_the_released_size() -> None:
+def test_f16_preset_has_the_released_size(compose_cfg) -> None:
     preset = VQVAE_PRESETS["vqvae_f16"]
-    tokenizer = OmegaConf.to_container(OmegaConf.load(CONF / "tokenizer" / "vqvae_f16.yaml"))
+    tokenizer = OmegaConf.to_container(compose_cfg("train_tokenizer", ["tokenizer=vqvae_f16"]).tokenizer)
     assert {k: v for k, v in tokenizer.items() if k != "name"} == preset["tokenizer"]
     with torch.device("meta"):
         vae = build_vqvae(**preset)

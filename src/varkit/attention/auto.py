@@ -116,15 +116,15 @@ class AutoAttention(KernelBase):
             "add a capable kernel (e.g. 'eager') to its candidates"
         )
 
-    def __call__(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        *,
-        mask: BlockCausalMask | None = None,
-        dropout_p: float = 0.0,
-        scale: float | None = None,
+    def check(
+        self, q: Tensor, k: Tensor, v: Tensor, *, mask: BlockCausalMask | None = None, dropout_p: float = 0.0
+    ) -> None:
+        # nothing to check against the union of the candidates' capabilities: compute() picks a candidate that can
+        # serve this exact call (or raises naming why each one cannot), and that candidate checks the call itself
+        return None
+
+    def compute(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: BlockCausalMask | None, dropout_p: float, scale: float | None
     ) -> Tensor:
         situation = Situation(q.device.type, q.dtype, mask is not None, needs_backward(q, k, v), dropout_p > 0.0)
         return self.choose(situation)(q, k, v, mask=mask, dropout_p=dropout_p, scale=scale)

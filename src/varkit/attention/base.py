@@ -180,6 +180,26 @@ class KernelBase:
                 "run it under torch.no_grad() or pick another kernel)"
             )
 
+    def __call__(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        *,
+        mask: BlockCausalMask | None = None,
+        dropout_p: float = 0.0,
+        scale: float | None = None,
+    ) -> Tensor:
+        """Check the call against the kernel's capabilities (one clear error, never a fallback), then compute."""
+        self.check(q, k, v, mask=mask, dropout_p=dropout_p)
+        return self.compute(q, k, v, mask, dropout_p, scale)
+
+    def compute(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: BlockCausalMask | None, dropout_p: float, scale: float | None
+    ) -> Tensor:
+        """The attention itself, on inputs :meth:`check` accepted; what each kernel implements."""
+        raise NotImplementedError
+
     @staticmethod
     def _narrow(caps: KernelCapabilities, **changes: object) -> KernelCapabilities:
         return replace(caps, **changes)  # type: ignore[arg-type]

@@ -28,17 +28,9 @@ class EagerAttention(KernelBase):
         # Softmax in fp32 for half inputs keeps the reference a reference; set False to mimic a naive bf16 model.
         self.upcast = upcast
 
-    def __call__(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        *,
-        mask: BlockCausalMask | None = None,
-        dropout_p: float = 0.0,
-        scale: float | None = None,
+    def compute(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: BlockCausalMask | None, dropout_p: float, scale: float | None
     ) -> Tensor:
-        self.check(q, k, v, mask=mask, dropout_p=dropout_p)
         scale = default_scale(q.shape[-1]) if scale is None else scale
         compute_dtype = torch.float32 if self.upcast else q.dtype
         scores = torch.matmul(q.to(compute_dtype), k.to(compute_dtype).transpose(-2, -1)) * scale

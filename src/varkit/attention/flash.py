@@ -91,17 +91,9 @@ class FlashAttention(KernelBase):
             out = out[0]
         return out.transpose(1, 2)
 
-    def __call__(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        *,
-        mask: BlockCausalMask | None = None,
-        dropout_p: float = 0.0,
-        scale: float | None = None,
+    def compute(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: BlockCausalMask | None, dropout_p: float, scale: float | None
     ) -> Tensor:
-        self.check(q, k, v, mask=mask, dropout_p=dropout_p)
         if mask is None:
             return self._attend(q, k, v, dropout_p, scale)
         return per_scale_attention(lambda qs, ks, vs: self._attend(qs, ks, vs, dropout_p, scale), q, k, v, mask.scales)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -70,19 +70,11 @@ class FlexAttention(KernelBase):
 
     def _function(self, device: torch.device) -> Callable[..., Any]:
         use_compiled = self.compile if self.compile is not None else device.type == "cuda"
-        return _compiled_flex() if use_compiled else flex_attention
+        return _compiled_flex() if use_compiled else cast(Callable[..., Any], flex_attention)
 
-    def __call__(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        *,
-        mask: BlockCausalMask | None = None,
-        dropout_p: float = 0.0,
-        scale: float | None = None,
+    def compute(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: BlockCausalMask | None, dropout_p: float, scale: float | None
     ) -> Tensor:
-        self.check(q, k, v, mask=mask, dropout_p=dropout_p)
         if not torch.is_grad_enabled() and q.device.type == "cpu":
             # torch's CPU check looks at requires_grad alone; under no_grad nothing is recorded, so detaching is exact
             q, k, v = q.detach(), k.detach(), v.detach()

@@ -89,17 +89,9 @@ class SDPAAttention(KernelBase):
             return contextlib.nullcontext()
         return sdpa_kernel([_BACKENDS[self.backend]])
 
-    def __call__(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        *,
-        mask: BlockCausalMask | None = None,
-        dropout_p: float = 0.0,
-        scale: float | None = None,
+    def compute(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: BlockCausalMask | None, dropout_p: float, scale: float | None
     ) -> Tensor:
-        self.check(q, k, v, mask=mask, dropout_p=dropout_p)
         with self._pinned():
             if mask is None:
                 return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)

@@ -85,7 +85,7 @@ def load_generator(
         raise ConfigError(f"{root} is not a generator directory (no config.json, no var/ sub-directory)")
     var = from_pretrained(var_dir, expect="var", device=device)
     vqvae = load_tokenizer(tokenizer, device=device)
-    if tuple(var.scales.sizes) != tuple(vqvae.scales.sizes):  # type: ignore[union-attr]
+    if var.scales != vqvae.scales:
         raise ConfigError(f"the transformer in {var_dir} and the tokenizer {tokenizer} use different scales")
     classes = None
     for candidate in (root / CLASSES_FILE, var_dir / CLASSES_FILE):

@@ -14,13 +14,14 @@ import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from varkit.checkpoint.io import CONFIG_FILE, from_pretrained, read_config
 from varkit.errors import ConfigError
+from varkit.models.vqvae import VQVAE
 
 __all__ = ["TOKENIZER_REFERENCE_FILE", "freeze", "load_tokenizer", "resolve_tokenizer_dir", "tokenizer_config"]
 
@@ -54,7 +55,10 @@ def _referenced_path(base: Path, reference: Mapping[str, Any]) -> Path:
     return target if target.is_absolute() else (base / target)
 
 
-def freeze(module: nn.Module) -> nn.Module:
+M = TypeVar("M", bound=nn.Module)
+
+
+def freeze(module: M) -> M:
     """Eval mode and no gradients: the tokenizer never trains in stage two."""
     module.eval()
     for parameter in module.parameters():
@@ -62,10 +66,11 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-def load_tokenizer(path: str | Path, *, device: torch.device | str = "cpu") -> nn.Module:
+def load_tokenizer(path: str | Path, *, device: torch.device | str = "cpu") -> VQVAE:
     """Load a frozen :class:`~varkit.models.vqvae.VQVAE` from a tokenizer directory (see module docstring)."""
     directory = resolve_tokenizer_dir(path)
     model = from_pretrained(directory, expect="vqvae", device=device)
+    assert isinstance(model, VQVAE)  # from_pretrained(expect="vqvae") raises for anything else
     logger.info("loaded the frozen tokenizer from %s (scales %s)", directory, model.scales.describe())
     return freeze(model)
 

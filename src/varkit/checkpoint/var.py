@@ -129,7 +129,7 @@ def official_key_map(depth: int, *, shared_adaln: bool, qk_l2_norm: bool) -> dic
         if qk_l2_norm:
             per_block["attn.scale_mul_1H11"] = "attention.log_scale"
         if shared_adaln:
-            per_block["ada_gss"] = "adaln.gss"
+            per_block["ada_gss"] = "adaln.block_offset"
         else:
             per_block["ada_lin.1.weight"] = "adaln.linear.weight"
             per_block["ada_lin.1.bias"] = "adaln.linear.bias"

@@ -79,9 +79,10 @@ def run_hydra(command: str, config_name: str, task: Callable[[Any], Any], argv: 
     import hydra
     from omegaconf import DictConfig
 
-    from varkit.config import config_dir, register_resolvers, validate_components
+    from varkit.config import config_dir, register_presets, register_resolvers, validate_components
 
     register_resolvers()
+    register_presets()
     errors = user_errors()
     outcome: dict[str, int] = {"code": 0}
 

@@ -103,10 +103,11 @@ def run(cfg: DictConfig) -> None:
     from PIL import Image
 
     from varkit.checkpoint.generator import load_generator
-    from varkit.cli.sample import resolve_device, resolve_dtype
+    from varkit.cli.sample import resolve_dtype
     from varkit.config import to_plain
     from varkit.editing import edit_grid, edit_images
     from varkit.errors import ConfigError
+    from varkit.hardware import resolve_device
     from varkit.image_io import save_pngs, to_uint8
 
     if cfg.rule not in ("any", "majority", "all"):

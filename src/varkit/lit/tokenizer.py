@@ -16,117 +16,33 @@ length is ``total_steps`` (the CLI passes ``trainer.max_steps``), never ``traine
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
-from varkit.config import to_plain
 from varkit.errors import ConfigError
+from varkit.lit.settings import CodebookSettings, GANSettings, LossSettings, OptimSettings, parse_settings
 from varkit.models.vqvae import VQVAE, build_vqvae
 from varkit.nn.discriminator import PatchDiscriminator
 from varkit.nn.perceptual import build_perceptual_loss
 from varkit.quantizers.codebook import CodeUsage, codebook_of, reset_optimizer_rows, restart_dead_codes, scale_residuals
+from varkit.registry import to_plain
 from varkit.training.losses import (
     adaptive_gan_weight,
     hinge_discriminator_loss,
     hinge_generator_loss,
     reconstruction_loss,
 )
+from varkit.training.optim import WarmupCosine, build_adamw, param_groups
 
-__all__ = ["CodebookSettings", "GANSettings", "LossSettings", "OptimSettings", "TokenizerModule", "WarmupCosine"]
+__all__ = ["CodebookSettings", "GANSettings", "LossSettings", "OptimSettings", "TokenizerModule"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LossSettings:
-    """``loss`` config: weights of the autoencoder terms and the perceptual network's local weight files."""
-
-    l1_weight: float = 1.0
-    l2_weight: float = 0.0
-    quantizer_weight: float = 1.0
-    perceptual_weight: float = 1.0
-    vgg_weights: str | None = None
-    lpips_weights: str | None = None
-
-
-@dataclass(frozen=True)
-class GANSettings:
-    """``gan`` config: the optional patch discriminator (hinge loss, VQGAN adaptive weight)."""
-
-    enabled: bool = False
-    weight: float = 0.1
-    start_step: int = 0
-    adaptive_weight: bool = True
-    max_adaptive_weight: float = 1.0e4
-    discriminator: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class OptimSettings:
-    """``optim`` config: AdamW for both networks, linear warm-up then cosine decay, gradient-norm clipping."""
-
-    lr: float = 2.0e-4
-    discriminator_lr: float | None = None
-    betas: tuple[float, float] = (0.5, 0.9)
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.1
-    grad_clip: float | None = 1.0
-
-
-@dataclass(frozen=True)
-class CodebookSettings:
-    """``codebook`` config: usage logging window and dead-code restarts."""
-
-    usage_window: int = 50
-    restart: bool = True
-    restart_every: int = 50
-    restart_until: int | None = None
-    dead_threshold: float = 1.0
-    pool_batches: int = 2
-    restart_noise: float = 0.0
-
-
-def _settings(kind: type, values: Mapping[str, Any] | None, where: str) -> Any:
-    values = dict(to_plain(values) or {})
-    known = {f.name for f in dataclasses.fields(kind)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in '{where}'; known keys: {', '.join(sorted(known))}")
-    if "betas" in values:
-        values["betas"] = tuple(values["betas"])
-    return kind(**values)
-
-
-class WarmupCosine:
-    """LR multiplier: linear warm-up over ``warmup_steps``, then cosine decay to ``min_ratio`` at ``total_steps``.
-
-    A callable object (not a lambda) so that ``LambdaLR`` saves and restores it with the checkpoint.
-
-    >>> schedule = WarmupCosine(warmup_steps=10, total_steps=110, min_ratio=0.0)
-    >>> [round(schedule(s), 3) for s in (0, 9, 10, 60, 110, 200)]
-    [0.1, 1.0, 1.0, 0.5, 0.0, 0.0]
-    """
-
-    def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float) -> None:
-        self.warmup_steps = int(warmup_steps)
-        self.total_steps = int(total_steps)
-        self.min_ratio = float(min_ratio)
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _last_decoder_layer(vae: VQVAE) -> Tensor:
@@ -179,10 +95,10 @@ class TokenizerModule(L.LightningModule):
         # plain containers only: a DictConfig here would break weights_only checkpoint loading
         self.save_hyperparameters(plain)
         self.automatic_optimization = False
-        self.loss_settings: LossSettings = _settings(LossSettings, plain["loss"], "loss")
-        self.gan_settings: GANSettings = _settings(GANSettings, plain["gan"], "gan")
-        self.optim_settings: OptimSettings = _settings(OptimSettings, plain["optim"], "optim")
-        self.codebook_settings: CodebookSettings = _settings(CodebookSettings, plain["codebook"], "codebook")
+        self.loss_settings = parse_settings(LossSettings, plain["loss"], "loss")
+        self.gan_settings = parse_settings(GANSettings, plain["gan"], "gan")
+        self.optim_settings = parse_settings(OptimSettings, plain["optim"], "optim")
+        self.codebook_settings = parse_settings(CodebookSettings, plain["codebook"], "codebook")
         if total_steps < 1:
             raise ConfigError(f"total_steps must be positive (got {total_steps}); set trainer.max_steps")
         self.total_steps = int(total_steps)
@@ -244,24 +160,20 @@ class TokenizerModule(L.LightningModule):
         )
 
     # -- optimisation --------------------------------------------------------------------------------------------
-    def _adamw(self, parameters: list[tuple[str, nn.Parameter]], lr: float) -> torch.optim.AdamW:
-        settings = self.optim_settings
-        codebook = codebook_of(self.vae.quantizer)
-        skip = {id(codebook.weight)} if codebook is not None else set()
-        # no decay on biases, norms and the codebook (decay would pull codes towards zero)
-        decay = [p for _, p in parameters if p.ndim >= 2 and id(p) not in skip]
-        no_decay = [p for _, p in parameters if p.ndim < 2 or id(p) in skip]
-        groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=settings.betas)
+    def _adamw(self, network: nn.Module, lr: float) -> torch.optim.AdamW:
+        # the transformer stage's grouping: no decay on biases, norms and the codebook (an nn.Embedding: decay
+        # would pull the codes towards zero)
+        groups = param_groups(network, self.optim_settings.weight_decay)
+        return build_adamw(groups, lr, betas=self.optim_settings.betas)
 
     def configure_optimizers(self) -> Any:
         settings = self.optim_settings
         schedule = WarmupCosine(settings.warmup_steps, self.total_steps, settings.min_lr_ratio)
-        generator = self._adamw(list(self.vae.named_parameters()), settings.lr)
+        generator = self._adamw(self.vae, settings.lr)
         optimizers = [generator]
         if self.discriminator is not None:
             lr = settings.discriminator_lr if settings.discriminator_lr is not None else settings.lr
-            optimizers.append(self._adamw(list(self.discriminator.named_parameters()), lr))
+            optimizers.append(self._adamw(self.discriminator, lr))
         # stepped by training_step once per batch (manual optimisation); saved and restored by Lightning
         schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, schedule) for opt in optimizers]
         return optimizers, schedulers

@@ -24,11 +24,19 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from varkit.contracts import Scales
 from varkit.lit.fsdp import full_tensor
+from varkit.lit.settings import (
+    ProgressiveSettings,
+    VARLossSettings,
+    VAROptimSettings,
+    parse_settings,
+    settings_dict,
+)
 from varkit.models.var import VAR
+from varkit.models.vqvae import VQVAE
 from varkit.training.optim import (
     ScheduleSpec,
     build_adamw,
@@ -38,52 +46,20 @@ from varkit.training.optim import (
     weight_decay_at,
 )
 
-__all__ = ["DEFAULT_LOSS", "DEFAULT_OPTIM", "DEFAULT_PROGRESSIVE", "VARModule"]
+__all__ = ["VARModule"]
 
 logger = logging.getLogger(__name__)
-
-#: the reference recipe (VAR ``utils/arg_util.py``): tblr 1e-4, twd 0.05, tclip 2, betas (0.9, 0.95), lin0
-DEFAULT_OPTIM: dict[str, Any] = {
-    "base_lr": 1e-4,
-    "reference_batch": 256,
-    "lr": None,
-    "batch_size": None,
-    "weight_decay": 0.05,
-    "weight_decay_end": None,
-    "betas": [0.9, 0.95],
-    "eps": 1e-8,
-    "fused": None,
-    "grad_clip": 2.0,
-    "schedule": "lin0",
-    "total_steps": None,
-    "warmup_steps": None,
-    "warmup_fraction": 0.02,
-    "warmup_start": 0.005,
-    "final_ratio": 0.01,
-}
-DEFAULT_LOSS: dict[str, Any] = {"label_smoothing": 0.0}
-#: progressive training over scales (reference ``pg``/``pg0``/``pgwp``): off when ``fraction`` is 0
-DEFAULT_PROGRESSIVE: dict[str, Any] = {"fraction": 0.0, "start_scale": 4, "scale_warmup_steps": 0}
-
-
-def _merged(defaults: Mapping[str, Any], given: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
-    given = dict(given or {})
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown {what} option(s) {', '.join(unknown)}; known: {', '.join(sorted(defaults))}")
-    return {**defaults, **given}
 
 
 class VARModule(L.LightningModule):
     """Lightning system training a :class:`VAR` on a frozen tokenizer's token maps.
 
     Args:
-        model: :class:`VAR` constructor arguments (a ``conf/model`` node; ``scales``, ``codebook_size`` and
+        model: :class:`VAR` constructor arguments (a ``model=`` config node; ``scales``, ``codebook_size`` and
             ``code_dim`` must already come from the tokenizer — see :func:`varkit.models.factory.model_arguments`).
-        optim: optimiser/schedule options (:data:`DEFAULT_OPTIM`; ``batch_size`` is the per-device batch used for
-            the learning-rate scaling rule, ``total_steps`` defaults to the trainer's ``max_steps``).
-        loss: ``label_smoothing``.
-        progressive: progressive training over scales (:data:`DEFAULT_PROGRESSIVE`).
+        optim: optimiser/schedule options (:class:`~varkit.lit.settings.VAROptimSettings`).
+        loss: :class:`~varkit.lit.settings.VARLossSettings` (``label_smoothing``).
+        progressive: progressive training over scales (:class:`~varkit.lit.settings.ProgressiveSettings`).
         compile: ``torch.compile`` the transformer's training forward (``True`` or compile keyword arguments).
         seed: base seed of this module's own randomness (class dropout), mixed with the rank.
         tokenizer: the frozen VQ-VAE (not saved in checkpoints; pass it again when loading for training).
@@ -98,14 +74,14 @@ class VARModule(L.LightningModule):
         progressive: Mapping[str, Any] | None = None,
         compile: bool | Mapping[str, Any] = False,
         seed: int = 0,
-        tokenizer: nn.Module | None = None,
+        tokenizer: VQVAE | None = None,
         tokenizer_path: str | None = None,
     ) -> None:
         super().__init__()
         model_args = {str(k): v for k, v in dict(model).items()}
-        optim_args = _merged(DEFAULT_OPTIM, optim, "optim")
-        loss_args = _merged(DEFAULT_LOSS, loss, "loss")
-        progressive_args = _merged(DEFAULT_PROGRESSIVE, progressive, "progressive")
+        optim_args = settings_dict(parse_settings(VAROptimSettings, optim, "optim"))
+        loss_args = settings_dict(parse_settings(VARLossSettings, loss, "loss"))
+        progressive_args = settings_dict(parse_settings(ProgressiveSettings, progressive, "progressive"))
         compile_args: bool | dict[str, Any] = dict(compile) if isinstance(compile, Mapping) else bool(compile)
         # plain containers only: checkpoints must load with torch.load(weights_only=True)
         self.save_hyperparameters(
@@ -121,28 +97,53 @@ class VARModule(L.LightningModule):
         )
         self.model = VAR.from_config(model_args)
         self.scales: Scales = self.model.scales
-        self.__dict__["tokenizer"] = tokenizer  # deliberately not a registered sub-module (see module docstring)
+        # The frozen tokenizer and the (possibly compiled) training forward stay outside the module tree on purpose:
+        # checkpoints hold the transformer only (the tokenizer is reloaded from its own directory), and neither
+        # Lightning nor FSDP may move, cast, shard or train them. nn.Module registers Module attributes, not a dict.
+        self._unregistered: dict[str, Any] = {"tokenizer": None, "train_forward": self.model}
         if tokenizer is not None:
-            self._check_tokenizer(tokenizer)
-        self.__dict__["_train_forward"] = self.model
+            self.set_tokenizer(tokenizer)
         self._generator: torch.Generator | None = None
         self._pending_rng: dict[str, Any] | None = None
         bounds = self.scales.offsets
         self._scale_bounds = [(bounds[k], bounds[k + 1]) for k in range(self.scales.num_scales)]
 
+    # -- settings: typed views of the hyper-parameters (the checkpoint's source of truth) ---------------------------
+    @property
+    def optim_settings(self) -> VAROptimSettings:
+        return parse_settings(VAROptimSettings, self.hparams["optim"], "optim")
+
+    @property
+    def loss_settings(self) -> VARLossSettings:
+        return parse_settings(VARLossSettings, self.hparams["loss"], "loss")
+
+    @property
+    def progressive_settings(self) -> ProgressiveSettings:
+        return parse_settings(ProgressiveSettings, self.hparams["progressive"], "progressive")
+
     # -- set-up ---------------------------------------------------------------------------------------------------
-    def _check_tokenizer(self, tokenizer: nn.Module) -> None:
-        scales = Scales.of(tokenizer.scales)  # type: ignore[arg-type]
-        quantizer = tokenizer.quantizer  # type: ignore[union-attr]
-        if scales != self.scales:
+    def _check_tokenizer(self, tokenizer: VQVAE) -> None:
+        quantizer = tokenizer.quantizer
+        if tokenizer.scales != self.scales:
             raise ValueError(f"the transformer's scales {self.scales.describe()} differ from the tokenizer's")
         if int(quantizer.codebook_size) != self.model.codebook_size or int(quantizer.code_dim) != self.model.code_dim:
             raise ValueError("the transformer's codebook_size/code_dim differ from the tokenizer's")
 
-    def set_tokenizer(self, tokenizer: nn.Module) -> None:
+    def set_tokenizer(self, tokenizer: VQVAE) -> None:
         """Attach the frozen tokenizer (e.g. after ``load_from_checkpoint``)."""
         self._check_tokenizer(tokenizer)
-        self.__dict__["tokenizer"] = tokenizer
+        self._unregistered["tokenizer"] = tokenizer
+
+    @property
+    def tokenizer(self) -> VQVAE | None:
+        """The frozen VQ-VAE (not a registered sub-module: see ``__init__``); set with :meth:`set_tokenizer`."""
+        return self._unregistered["tokenizer"]
+
+    def _frozen_tokenizer(self) -> VQVAE:
+        tokenizer = self.tokenizer
+        if tokenizer is None:
+            raise RuntimeError("VARModule needs its frozen tokenizer: pass tokenizer= or call set_tokenizer()")
+        return tokenizer
 
     def configure_model(self) -> None:
         """Shard the transformer when the strategy provides a device mesh (FSDP2), then compile it if asked.
@@ -153,10 +154,10 @@ class VARModule(L.LightningModule):
         if mesh is not None:
             self._shard(mesh)
         compile_args = self.hparams["compile"]
-        if compile_args and self.__dict__["_train_forward"] is self.model:
+        if compile_args and self._unregistered["train_forward"] is self.model:
             options = compile_args if isinstance(compile_args, dict) else {}
             # compiled separately so that the state-dict keys stay ``model.*`` (no ``_orig_mod.`` prefix)
-            self.__dict__["_train_forward"] = torch.compile(self.model, **options)
+            self._unregistered["train_forward"] = torch.compile(self.model, **options)
 
     def _shard(self, mesh: Any) -> None:
         """FSDP2 over the data-parallel dimension of ``mesh`` (``ModelParallelStrategy``/``FSDP2Strategy``)."""
@@ -182,10 +183,7 @@ class VARModule(L.LightningModule):
         )
 
     def on_fit_start(self) -> None:
-        tokenizer = self.__dict__.get("tokenizer")
-        if tokenizer is None:
-            raise RuntimeError("VARModule needs its frozen tokenizer: pass tokenizer= or call set_tokenizer()")
-        tokenizer.to(self.device)
+        self._frozen_tokenizer().to(self.device)
 
     def _class_dropout_generator(self) -> torch.Generator:
         if self._generator is None or self._generator.device != self.device:
@@ -205,7 +203,7 @@ class VARModule(L.LightningModule):
         if isinstance(inputs, (list, tuple)):
             return [t.long() for t in inputs]
         if inputs.is_floating_point():
-            tokenizer = self.__dict__["tokenizer"]
+            tokenizer = self._frozen_tokenizer()
             with torch.autocast(device_type=inputs.device.type, enabled=False):
                 return list(tokenizer.tokenize(inputs.float(), self.scales))
         if inputs.shape[1] != self.scales.total_tokens:
@@ -217,7 +215,7 @@ class VARModule(L.LightningModule):
     @torch.no_grad()
     def teacher_forcing(self, indices: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """``(targets (b, L), transformer inputs (b, L - first, code_dim))`` from per-scale indices."""
-        quantizer = self.__dict__["tokenizer"].quantizer
+        quantizer = self._frozen_tokenizer().quantizer
         with torch.autocast(device_type=indices[0].device.type, enabled=False):
             inputs = quantizer.teacher_forcing_inputs(list(indices), self.scales)
         return torch.cat(list(indices), dim=1), inputs
@@ -229,14 +227,14 @@ class VARModule(L.LightningModule):
         During warm-up the stage is ``start_scale``; it then grows linearly to the last scale at
         ``fraction * total_steps``.
         """
-        options = self.hparams["progressive"]
+        options = self.progressive_settings
         last = self.scales.num_scales - 1
-        if options["fraction"] <= 0:
+        if options.fraction <= 0:
             return last
         total = self._total_steps()
         warmup = self._warmup_steps(total)
-        start = min(int(options["start_scale"]), last)
-        end_step = options["fraction"] * total
+        start = min(int(options.start_scale), last)
+        end_step = options.fraction * total
         if step <= warmup:
             return start
         if step >= end_step:
@@ -245,7 +243,7 @@ class VARModule(L.LightningModule):
         return start + round(progress * (last - start))
 
     def _stage_warmup_weight(self, stage: int, step: int) -> float:
-        warmup = self.hparams["progressive"]["scale_warmup_steps"]
+        warmup = self.progressive_settings.scale_warmup_steps
         if warmup <= 0 or stage == self.progressive_stage(0) or stage == self.scales.num_scales - 1:
             return 1.0
         first = step
@@ -271,8 +269,8 @@ class VARModule(L.LightningModule):
         end = self._scale_bounds[stage][1]
         targets = targets[:, :end]
         tf_inputs = tf_inputs[:, : end - self.scales.first_tokens]
-        logits = self.__dict__["_train_forward"](labels, tf_inputs, generator=self._class_dropout_generator())
-        smoothing = float(self.hparams["loss"]["label_smoothing"])
+        logits = self._unregistered["train_forward"](labels, tf_inputs, generator=self._class_dropout_generator())
+        smoothing = float(self.loss_settings.label_smoothing)
         per_token = F.cross_entropy(logits.transpose(1, 2), targets, label_smoothing=smoothing, reduction="none")
         weights = torch.full((end,), 1.0 / self.scales.total_tokens, device=logits.device)
         if stage < self.scales.num_scales - 1:
@@ -323,7 +321,7 @@ class VARModule(L.LightningModule):
 
     # -- optimisation ---------------------------------------------------------------------------------------------
     def _total_steps(self) -> int:
-        total = self.hparams["optim"]["total_steps"]
+        total = self.optim_settings.total_steps
         if total is None:
             total = self.trainer.max_steps if self._trainer is not None else -1
         if total is None or int(total) <= 0:
@@ -331,17 +329,17 @@ class VARModule(L.LightningModule):
         return int(total)
 
     def _warmup_steps(self, total: int) -> int:
-        options = self.hparams["optim"]
-        if options["warmup_steps"] is not None:
-            return int(options["warmup_steps"])
-        return round(float(options["warmup_fraction"]) * total)
+        options = self.optim_settings
+        if options.warmup_steps is not None:
+            return int(options.warmup_steps)
+        return round(float(options.warmup_fraction) * total)
 
     def learning_rate(self) -> float:
         """Peak learning rate: ``optim.lr``, or ``base_lr * global_batch / reference_batch``."""
-        options = self.hparams["optim"]
-        if options["lr"] is not None:
-            return float(options["lr"])
-        batch = options["batch_size"]
+        options = self.optim_settings
+        if options.lr is not None:
+            return float(options.lr)
+        batch = options.batch_size
         if batch is None:
             raise ValueError("optim.batch_size (the per-device batch) is needed to scale the learning rate")
         trainer = self.trainer
@@ -353,24 +351,24 @@ class VARModule(L.LightningModule):
             trainer.world_size,
             int(trainer.accumulate_grad_batches),
         )
-        return scaled_learning_rate(float(options["base_lr"]), global_batch, int(options["reference_batch"]))
+        return scaled_learning_rate(float(options.base_lr), global_batch, int(options.reference_batch))
 
     def configure_optimizers(self) -> dict[str, Any]:
-        options = self.hparams["optim"]
+        options = self.optim_settings
         total = self._total_steps()
         spec = ScheduleSpec(
             total_steps=total,
             warmup_steps=min(self._warmup_steps(total), total),
-            kind=str(options["schedule"]),
-            warmup_start=float(options["warmup_start"]),
-            final_ratio=float(options["final_ratio"]),
+            kind=str(options.schedule),
+            warmup_start=float(options.warmup_start),
+            final_ratio=float(options.final_ratio),
         )
         peak = self.learning_rate()
         logger.info(
             "peak learning rate %.3g, %s schedule over %d steps (%d warm-up)", peak, spec.kind, total, spec.warmup_steps
         )
-        groups = param_groups(self.model, float(options["weight_decay"]))
-        optimizer = build_adamw(groups, peak, options["betas"], float(options["eps"]), options["fused"])
+        groups = param_groups(self.model, float(options.weight_decay))
+        optimizer = build_adamw(groups, peak, options.betas, float(options.eps), options.fused)
 
         def factor(step: int) -> float:  # a plain function: LambdaLR then stores nothing for it in checkpoints
             return lr_factor(step, spec)
@@ -379,9 +377,9 @@ class VARModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        options = self.hparams["optim"]
-        start = float(options["weight_decay"])
-        end = start if options["weight_decay_end"] is None else float(options["weight_decay_end"])
+        options = self.optim_settings
+        start = float(options.weight_decay)
+        end = start if options.weight_decay_end is None else float(options.weight_decay_end)
         decay = weight_decay_at(self.global_step, self._total_steps(), start, end)
         for optimizer in self.trainer.optimizers:
             for group in optimizer.param_groups:
@@ -395,7 +393,7 @@ class VARModule(L.LightningModule):
         gradient_clip_algorithm: str | None = None,
     ) -> None:
         """Clip the global gradient norm to ``optim.grad_clip`` (or the trainer's value; <= 0: off); log the norm."""
-        limit = gradient_clip_val if gradient_clip_val is not None else self.hparams["optim"]["grad_clip"]
+        limit = gradient_clip_val if gradient_clip_val is not None else self.optim_settings.grad_clip
         if limit is None or float(limit) <= 0:
             return  # no clipping: skip the norm computation too
         parameters = [p for p in self.model.parameters() if p.grad is not None]

@@ -10,9 +10,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from torch import nn
-
-from varkit.contracts import Scales
+from varkit.models.vqvae import VQVAE
 
 __all__ = ["TOKENIZER_KEYS", "model_arguments", "tokenizer_facts"]
 
@@ -22,18 +20,16 @@ logger = logging.getLogger(__name__)
 TOKENIZER_KEYS = ("scales", "codebook_size", "code_dim")
 
 
-def tokenizer_facts(tokenizer: nn.Module) -> dict[str, Any]:
+def tokenizer_facts(tokenizer: VQVAE) -> dict[str, Any]:
     """What the transformer takes from its tokenizer: ``scales`` (plain list), ``codebook_size``, ``code_dim``."""
-    scales: Scales = tokenizer.scales  # type: ignore[assignment]
-    quantizer = tokenizer.quantizer  # type: ignore[union-attr]
     return {
-        "scales": scales.as_list(),
-        "codebook_size": int(quantizer.codebook_size),  # type: ignore[union-attr]
-        "code_dim": int(quantizer.code_dim),  # type: ignore[union-attr]
+        "scales": tokenizer.scales.as_list(),
+        "codebook_size": int(tokenizer.quantizer.codebook_size),
+        "code_dim": int(tokenizer.quantizer.code_dim),
     }
 
 
-def model_arguments(model: Mapping[str, Any], tokenizer: nn.Module, attention: Any = None) -> dict[str, Any]:
+def model_arguments(model: Mapping[str, Any], tokenizer: VQVAE, attention: Any = None) -> dict[str, Any]:
     """:class:`VAR` arguments: the ``model`` settings (plain mapping) with the tokenizer's scales/codebook and the
     attention kernel (a registered name or a ``name:`` mapping)."""
     arguments = {str(k): v for k, v in dict(model).items() if k != "name"}

@@ -27,43 +27,34 @@ from torch import Tensor, nn
 from varkit.contracts import BlockCausalMask, GuidanceSchedule, MultiScaleQuantizer, Scales
 from varkit.models.sampling import filter_logits, guided_logits, gumbel_softmax, sample_tokens, smooth_temperature
 from varkit.nn.adaln import AdaLNModulation, HeadAdaLN, SharedAdaLN
-from varkit.nn.attention import KernelSpec, KVCache, build_attention_kernel
+from varkit.nn.attention import KernelSpec, KVCache
 from varkit.nn.block import AdaLNBlock
 from varkit.nn.embeddings import ScalePositionEmbedding
-from varkit.registry import CFG_SCHEDULES, SCALE_SCHEDULES
+from varkit.registry import ATTENTION_KERNELS, CFG_SCHEDULES, SCALE_SCHEDULES
 
-__all__ = ["VAR", "GenerationOutput", "resolve_scales", "sample_images"]
+__all__ = ["VAR", "GenerationOutput", "sample_images"]
 
 ScalesSpec = Scales | Sequence[int | Sequence[int]] | str | Mapping[str, Any]
 CfgScheduleSpec = str | Mapping[str, Any] | GuidanceSchedule | Callable[[int, int, float], float]
 
 
-def resolve_scales(spec: ScalesSpec) -> Scales:
-    """A :class:`Scales` from itself, a list of sizes, a schedule name (``"var_256"``) or a schedule spec mapping."""
-    if isinstance(spec, Scales):
-        return spec
-    if isinstance(spec, str):
-        return SCALE_SCHEDULES.build({"name": spec})
-    if isinstance(spec, Mapping):
-        return SCALE_SCHEDULES.build(dict(spec))
-    return Scales.of(spec)
-
-
-def _resolve_cfg_schedule(spec: CfgScheduleSpec) -> Callable[[int, int, float], float]:
-    if isinstance(spec, str):
-        return CFG_SCHEDULES.build({"name": spec})
-    if isinstance(spec, Mapping):
-        return CFG_SCHEDULES.build(dict(spec))
-    return spec
-
-
 def _kernel_spec_as_data(spec: KernelSpec) -> str | dict[str, Any]:
-    """Plain-data form of a kernel spec for configs (a kernel object is recorded by its registry name)."""
+    """Plain-data form of a kernel spec for configs (a kernel object is recorded by its registry name).
+
+    A kernel object without a ``name`` cannot be written down: recording some other kernel's name would rebuild a
+    different model from the saved config, so it is an error rather than a guess.
+    """
     if isinstance(spec, str):
         return spec
     if isinstance(spec, Mapping):
         return dict(spec)
-    return str(getattr(spec, "name", "sdpa"))
+    name = getattr(spec, "name", None)
+    if not isinstance(name, str) or not name:
+        raise ValueError(
+            f"attention kernel {type(spec).__name__} has no registry name (a 'name' attribute), so the model config "
+            "could not record it; pass a registered name or a {'name': ...} spec instead"
+        )
+    return name
 
 
 @dataclass
@@ -127,7 +118,7 @@ class VAR(nn.Module):
             raise ValueError(f"width {width} must be divisible by num_heads {num_heads}")
         if not 0.0 <= class_dropout < 1.0:
             raise ValueError(f"class_dropout must be in [0, 1), got {class_dropout}")
-        self.scales = resolve_scales(scales)
+        self.scales = SCALE_SCHEDULES.resolve(scales)
         self.num_classes, self.depth, self.width, self.num_heads = num_classes, depth, width, num_heads
         self.codebook_size, self.code_dim = codebook_size, code_dim
         self.class_dropout = float(class_dropout)
@@ -159,7 +150,7 @@ class VAR(nn.Module):
         self.position_embedding = ScalePositionEmbedding(self.scales, width, init_std=std)
 
         self.shared_adaln = SharedAdaLN(width, width) if shared_adaln else None
-        kernel = build_attention_kernel(attention)  # one stateless kernel object shared by all blocks
+        kernel = ATTENTION_KERNELS.resolve(attention)  # one stateless kernel object shared by all blocks
         rates = torch.linspace(0.0, drop_path, depth).tolist() if depth > 1 else [0.0]
         self.blocks = nn.ModuleList(
             AdaLNBlock(
@@ -216,8 +207,8 @@ class VAR(nn.Module):
             block.mlp.fc2.weight.div_(math.sqrt(2 * depth))
             adaln: AdaLNModulation = block.adaln
             if adaln.shared:
-                adaln.gss[:, :, 2:].mul_(init_adaln)
-                adaln.gss[:, :, :2].mul_(init_adaln_gamma)
+                adaln.block_offset[:, :, 2:].mul_(init_adaln)
+                adaln.block_offset[:, :, :2].mul_(init_adaln_gamma)
             else:
                 adaln.linear.weight[2 * width :].mul_(init_adaln)
                 adaln.linear.weight[: 2 * width].mul_(init_adaln_gamma)
@@ -235,7 +226,7 @@ class VAR(nn.Module):
     def block_modulations(self, cond: Tensor) -> list[Tensor]:
         """Each block's six adaLN vectors ``(b, 1, 6, width)`` for class embeddings ``cond`` ``(b, width)``."""
         source = self.shared_adaln(cond) if self.shared_adaln is not None else cond
-        return [block.adaln(source) for block in self.blocks]  # type: ignore[operator, union-attr]
+        return [block.adaln(source) for block in self.blocks]  # type: ignore[operator]
 
     def drop_labels(self, labels: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """Class dropout: each label becomes the null class with probability ``class_dropout``."""
@@ -313,7 +304,7 @@ class VAR(nn.Module):
             raise ValueError("keep_tokens and keep_masks go together: give both (editing) or neither")
         if keep_masks is not None and (len(keep_masks) != num_scales or len(keep_tokens or ()) != num_scales):
             raise ValueError(f"editing needs tokens and masks for all {num_scales} scales")
-        schedule = _resolve_cfg_schedule(cfg_schedule)
+        schedule = CFG_SCHEDULES.resolve(cfg_schedule)
         weights = [float(schedule(k, num_scales, cfg)) for k in range(num_scales)]
         guided = any(w != 0.0 for w in weights)
         labels = labels.to(self.device)
@@ -372,7 +363,7 @@ class VAR(nn.Module):
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> VAR:
         """Build from a plain config mapping (constructor argument names), e.g. :attr:`VAR.config` or a
-        ``conf/model/*.yaml`` node (its informational ``name`` key, the preset it mirrors, is ignored)."""
+        ``model=`` config node (its ``name`` key, the preset the node starts from, is ignored)."""
         return cls(**{k: v for k, v in config.items() if k != "name"})
 
     @classmethod

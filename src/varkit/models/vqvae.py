@@ -167,10 +167,7 @@ class VQVAE(nn.Module):
     @torch.no_grad()
     def decode_indices_per_scale(self, indices: Sequence[Tensor], scales: Scales | None = None) -> list[Tensor]:
         """Coarse-to-fine previews: the image decoded after each scale (list of K ``(b, c, H, W)``)."""
-        decode_per_scale = getattr(self.quantizer, "decode_per_scale", None)
-        if decode_per_scale is None:
-            raise TypeError(f"{type(self.quantizer).__name__} has no decode_per_scale(indices, scales)")
-        per_scale = decode_per_scale(indices, self._scales_for(scales))
+        per_scale = self.quantizer.decode_per_scale(indices, self._scales_for(scales))
         return [self.decode_latents(latents) for latents in per_scale]
 
     @torch.no_grad()
@@ -254,14 +251,6 @@ VQVAE_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _to_scales(scales: Scales | Mapping[str, Any] | Sequence[Any]) -> Scales:
-    if isinstance(scales, Scales):
-        return scales
-    if isinstance(scales, Mapping):
-        return SCALE_SCHEDULES.build(scales)
-    return Scales.of(list(scales))
-
-
 def build_vqvae(
     tokenizer: Mapping[str, Any],
     quantizer: Mapping[str, Any],
@@ -283,7 +272,7 @@ def build_vqvae(
     >>> vae.latent_size(), vae.scales.describe(), vae.quantizer.codebook_size
     ((4, 4), '(1, 2, 3, 4)', 64)
     """
-    schedule = _to_scales(scales)
+    schedule = SCALE_SCHEDULES.resolve(scales)
     tokenizer_args = {str(k): v for k, v in tokenizer.items() if k != "name"}
     quantizer_spec = {str(k): v for k, v in quantizer.items()}
     if "name" not in quantizer_spec:

@@ -1,7 +1,7 @@
 """Reusable transformer layers of VAR: adaptive layer norm, MLP, drop-path, embeddings, attention with KV cache."""
 
 from varkit.nn.adaln import AdaLNModulation, HeadAdaLN, SharedAdaLN, modulated_layer_norm
-from varkit.nn.attention import KVCache, SelfAttention, build_attention_kernel
+from varkit.nn.attention import KVCache, SelfAttention
 from varkit.nn.block import AdaLNBlock
 from varkit.nn.drop_path import DropPath, drop_path
 from varkit.nn.embeddings import ScalePositionEmbedding
@@ -17,7 +17,6 @@ __all__ = [
     "ScalePositionEmbedding",
     "SelfAttention",
     "SharedAdaLN",
-    "build_attention_kernel",
     "drop_path",
     "modulated_layer_norm",
 ]

@@ -6,13 +6,16 @@ of the attention and feed-forward branches. Two ways to produce them:
 
 * per block (:class:`AdaLNModulation` with ``shared=False``): ``Linear(SiLU(cond))`` of each block;
 * shared (``shared_adaln``, used by VAR-d36): one ``Linear(SiLU(cond))`` for the whole network
-  (:class:`SharedAdaLN`), plus a learned per-block offset ``gss`` (:class:`AdaLNModulation` with ``shared=True``).
+  (:class:`SharedAdaLN`), plus a learned per-block offset ``block_offset`` (:class:`AdaLNModulation` with
+  ``shared=True``; the reference calls it ``ada_gss``).
 
 Since the condition is constant while sampling one image, the modulation is computed once per call of
 :meth:`varkit.models.var.VAR.generate` rather than once per scale.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +49,8 @@ class AdaLNModulation(nn.Module):
     """A block's six modulation vectors, ``(b, 1, 6, width)``, from its conditioning input.
 
     ``shared=False``: the input is the class embedding ``(b, cond_dim)`` and a per-block ``Linear(SiLU(.))`` maps
-    it. ``shared=True``: the input is :class:`SharedAdaLN`'s output and a per-block offset ``gss`` is added.
+    it. ``shared=True``: the input is :class:`SharedAdaLN`'s output and a learned per-block offset
+    ``block_offset`` ``(1, 1, 6, width)`` is added (the reference's ``ada_gss``).
     """
 
     def __init__(self, cond_dim: int, width: int, *, shared: bool) -> None:
@@ -54,14 +58,20 @@ class AdaLNModulation(nn.Module):
         self.width = width
         self.shared = shared
         if shared:
-            self.gss = nn.Parameter(torch.randn(1, 1, NUM_MODULATIONS, width) / width**0.5)
+            self.block_offset = nn.Parameter(torch.randn(1, 1, NUM_MODULATIONS, width) / width**0.5)
         else:
             self.linear = nn.Linear(cond_dim, NUM_MODULATIONS * width)
 
     def forward(self, cond: Tensor) -> Tensor:
         if self.shared:
-            return self.gss + cond
+            return self.block_offset + cond
         return self.linear(F.silu(cond)).view(-1, 1, NUM_MODULATIONS, self.width)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # varkit checkpoints written before the rename hold ``<prefix>gss``: load them under the new name
+        if prefix + "gss" in state_dict and prefix + "block_offset" not in state_dict:
+            state_dict[prefix + "block_offset"] = state_dict.pop(prefix + "gss")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"shared={self.shared}"

@@ -23,19 +23,10 @@ from torch import Tensor, nn
 from varkit.contracts import AttentionKernel, BlockCausalMask
 from varkit.registry import ATTENTION_KERNELS
 
-__all__ = ["KVCache", "SelfAttention", "build_attention_kernel"]
+__all__ = ["KVCache", "SelfAttention"]
 
 MAX_LOG_SCALE = math.log(100.0)
 KernelSpec = str | Mapping[str, Any] | AttentionKernel
-
-
-def build_attention_kernel(spec: KernelSpec) -> AttentionKernel:
-    """A kernel from a registry name (``"sdpa"``), a spec mapping (``{"name": "sdpa", ...}``) or a kernel object."""
-    if isinstance(spec, str):
-        return ATTENTION_KERNELS.build({"name": spec})
-    if isinstance(spec, Mapping):
-        return ATTENTION_KERNELS.build(dict(spec))
-    return spec
 
 
 class KVCache:
@@ -110,7 +101,7 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(width, width)
         self.attention_dropout = float(attention_dropout)
         self.dropout = float(dropout)
-        self.kernel = build_attention_kernel(kernel)
+        self.kernel = ATTENTION_KERNELS.resolve(kernel)
 
     def qkv_bias(self) -> Tensor:
         return torch.cat((self.q_bias, self.zero_k_bias.to(self.q_bias.dtype), self.v_bias))

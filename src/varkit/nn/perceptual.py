@@ -161,7 +161,8 @@ class LPIPSLoss(nn.Module):
     def forward(self, reconstruction: Tensor, target: Tensor) -> Tensor:
         """Per-sample perceptual distance ``(b,)`` (float32)."""
         both = torch.cat([reconstruction, target.to(reconstruction.dtype)], dim=0)
-        both = (both - self.shift.to(both.dtype)) / self.scale.to(both.dtype)
+        shift, scale = self.get_buffer("shift"), self.get_buffer("scale")
+        both = (both - shift.to(both.dtype)) / scale.to(both.dtype)
         distance = both.new_zeros(reconstruction.shape[0], dtype=torch.float32)
         for i, features in enumerate(self.features(both)):
             features = features.float()

@@ -19,10 +19,10 @@ import logging
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from varkit.contracts import Scales
+from varkit.quantizers.residual import MultiScaleResidualQuantizer
 
 __all__ = ["CodeUsage", "codebook_of", "reset_optimizer_rows", "restart_dead_codes", "scale_residuals"]
 
@@ -86,24 +86,17 @@ def codebook_of(quantizer: nn.Module) -> nn.Embedding | None:
 
 
 @torch.no_grad()
-def scale_residuals(quantizer: nn.Module, latents: Tensor, scales: Scales) -> list[Tensor]:
+def scale_residuals(quantizer: MultiScaleResidualQuantizer, latents: Tensor, scales: Scales) -> list[Tensor]:
     """The vectors each scale quantizes: ``area_downsample(f - f̂_{k-1}, (h_k, w_k))`` as ``(n_k, d)`` rows.
 
-    ``f̂_{k-1}`` is the latent accumulated over the previous scales (VAR Algorithm 1), taken from the quantizer's
-    ``encode_per_scale``; these are the "recent encoder outputs" that dead codes restart from.
+    ``f̂_{k-1}`` is the latent accumulated over the previous scales (VAR Algorithm 1); the vectors are taken from
+    the quantizer's own residual loop (:meth:`MultiScaleResidualQuantizer.residual_steps`), so they are exactly what
+    its code choice saw. These are the "recent encoder outputs" that dead codes restart from.
     """
-    _, accumulated = quantizer.encode_per_scale(latents, scales)  # type: ignore[operator]
-    latents = latents.detach().float()
-    previous = torch.zeros_like(latents)
-    out: list[Tensor] = []
-    last = len(scales) - 1
-    for k, size in enumerate(scales.sizes):
-        residual = latents - previous
-        if k != last:
-            residual = F.interpolate(residual, size=size, mode="area")
-        out.append(residual.permute(0, 2, 3, 1).reshape(-1, latents.shape[1]))
-        previous = accumulated[k]
-    return out
+    return [
+        step.inputs.permute(0, 2, 3, 1).reshape(-1, step.inputs.shape[1])
+        for step in quantizer.residual_steps(latents, scales)
+    ]
 
 
 @torch.no_grad()

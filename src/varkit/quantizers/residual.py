@@ -9,8 +9,11 @@ Encoding a latent ``f`` of size ``H x W`` into K token maps, coarse to fine::
         accumulated += z_k;  residual -= z_k
 
 A subclass only says how one map is quantized (:meth:`MultiScaleResidualQuantizer.quantize_map`) and how indices
-become code vectors (:meth:`lookup`); everything else (training forward and loss, encode/decode, the transformer's
-teacher-forcing inputs and the sampling step) lives here once.
+become code vectors (:meth:`lookup`); everything else lives here once. The loop above is written once
+(:meth:`~MultiScaleResidualQuantizer.residual_steps`): the training forward, ``encode``/``encode_per_scale`` and the
+codebook statistics (:func:`varkit.quantizers.codebook.scale_residuals`) all iterate it. Its inverse, accumulating
+``z_k`` from given indices, is also written once (:meth:`~MultiScaleResidualQuantizer.accumulate`): ``decode``,
+``decode_per_scale`` and the transformer's teacher-forcing inputs iterate that.
 
 Every method computes in float32 with autocast disabled: token ids must not depend on the precision the caller
 happens to run in (the official code crashes under CPU bf16 autocast for exactly this reason).
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +32,7 @@ from torch import Tensor, nn
 from varkit.contracts import QuantizerOutput, Scales
 from varkit.quantizers.phi import ResidualPhi
 
-__all__ = ["MultiScaleResidualQuantizer"]
+__all__ = ["MultiScaleResidualQuantizer", "ResidualStep"]
 
 
 @contextlib.contextmanager
@@ -36,6 +40,22 @@ def _full_precision(device: torch.device) -> Iterator[None]:
     """Disable autocast on ``device`` so quantization runs in the float32 the inputs are cast to."""
     with torch.autocast(device_type=device.type, enabled=False):
         yield
+
+
+@dataclass(frozen=True)
+class ResidualStep:
+    """One scale ``k`` of the residual loop (all float32 ``(b, d, ...)`` maps).
+
+    ``inputs``: what scale k quantizes, ``area_downsample(f - f̂_{k-1}, (h_k, w_k))`` (detached);
+    ``indices``: its tokens ``(b, h_k * w_k)``; ``contribution``: ``z_k = φ_k(upsample(codes))`` at the latent size
+    (carrying the quantizer's gradient in training); ``accumulated``: ``f̂_k``, the sum of ``z_1..z_k``.
+    """
+
+    k: int
+    inputs: Tensor
+    indices: Tensor
+    contribution: Tensor
+    accumulated: Tensor
 
 
 class MultiScaleResidualQuantizer(nn.Module):
@@ -107,25 +127,18 @@ class MultiScaleResidualQuantizer(nn.Module):
     # -- training -----------------------------------------------------------------------------------------------
     def forward(self, latents: Tensor, scales: Scales) -> QuantizerOutput:
         """Quantize ``latents`` ``(b, d, H, W)``; ``quantized`` has a straight-through gradient to ``latents``."""
-        self._check(latents, scales)
         with _full_precision(latents.device):
             target = latents.float()
             frozen = target.detach()
-            residual = frozen.clone()
-            accumulated = torch.zeros_like(frozen)
+            accumulated = frozen
             indices: list[Tensor] = []
             counts: list[Tensor] = []
             commitment = frozen.new_zeros(())
             codebook = frozen.new_zeros(())
-            last = len(scales) - 1
-            for k, size in enumerate(scales.sizes):
-                codes, idx = self.quantize_map(self._downsample(residual, size, k == last))
-                contribution = self._upsampled_contribution(codes, k, scales)
-                accumulated = accumulated + contribution
-                # the residual only feeds the (non-differentiable) code choice of the next scales
-                residual = residual - contribution.detach()
-                indices.append(idx)
-                counts.append(torch.bincount(idx.flatten(), minlength=self.codebook_size))
+            for step in self.residual_steps(latents, scales):
+                accumulated = step.accumulated
+                indices.append(step.indices)
+                counts.append(torch.bincount(step.indices.flatten(), minlength=self.codebook_size))
                 commitment = commitment + F.mse_loss(accumulated.detach(), target)
                 codebook = codebook + F.mse_loss(accumulated, frozen)
             commitment = commitment / len(scales)
@@ -142,33 +155,38 @@ class MultiScaleResidualQuantizer(nn.Module):
             extras={"commitment_loss": commitment.detach(), "codebook_loss": codebook.detach()},
         )
 
-    # -- tokenizing ---------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def _encode(self, latents: Tensor, scales: Scales, keep_latents: bool) -> tuple[list[Tensor], list[Tensor]]:
+    # -- the residual loop (VAR Algorithm 1), once ---------------------------------------------------------------
+    def residual_steps(self, latents: Tensor, scales: Scales) -> Iterator[ResidualStep]:
+        """Quantize ``latents`` ``(b, d, H, W)`` scale by scale, coarse to fine, yielding each :class:`ResidualStep`.
+
+        Runs in float32 with autocast off. The residual is detached (it only feeds the non-differentiable code
+        choice of the next scales); the contributions keep the quantizer's gradient unless the caller runs under
+        ``torch.no_grad()``.
+        """
         self._check(latents, scales)
         with _full_precision(latents.device):
             residual = latents.detach().float().clone()
             accumulated = torch.zeros_like(residual)
-            indices: list[Tensor] = []
-            per_scale: list[Tensor] = []
             last = len(scales) - 1
             for k, size in enumerate(scales.sizes):
-                codes, idx = self.quantize_map(self._downsample(residual, size, k == last))
+                inputs = self._downsample(residual, size, k == last)
+                codes, indices = self.quantize_map(inputs)
                 contribution = self._upsampled_contribution(codes, k, scales)
                 accumulated = accumulated + contribution
-                residual = residual - contribution
-                indices.append(idx)
-                if keep_latents:
-                    per_scale.append(accumulated)
-        return indices, per_scale
+                residual = residual - contribution.detach()
+                yield ResidualStep(k, inputs, indices, contribution, accumulated)
 
+    # -- tokenizing ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
     def encode(self, latents: Tensor, scales: Scales) -> list[Tensor]:
         """Token indices per scale: a list of K int64 tensors ``(b, h_k * w_k)``."""
-        return self._encode(latents, scales, keep_latents=False)[0]
+        return [step.indices for step in self.residual_steps(latents, scales)]
 
+    @torch.no_grad()
     def encode_per_scale(self, latents: Tensor, scales: Scales) -> tuple[list[Tensor], list[Tensor]]:
         """Indices per scale and the accumulated latent after each scale (both lists of length K)."""
-        return self._encode(latents, scales, keep_latents=True)
+        steps = list(self.residual_steps(latents, scales))
+        return [step.indices for step in steps], [step.accumulated for step in steps]
 
     def _check_indices(self, indices: Sequence[Tensor], scales: Scales) -> None:
         if len(indices) != len(scales):
@@ -177,19 +195,26 @@ class MultiScaleResidualQuantizer(nn.Module):
             if idx.ndim != 2 or idx.shape[1] != count:
                 raise ValueError(f"indices of scale {k} must be (b, {count}), got {tuple(idx.shape)}")
 
+    def accumulate(self, indices: Sequence[Tensor], scales: Scales) -> Iterator[Tensor]:
+        """The inverse loop: ``f̂_k = f̂_{k-1} + φ_k(upsample(codes of indices[k]))`` for each given scale, yielded
+        as float32 ``(b, d, H, W)`` (autocast off). ``indices`` may hold fewer maps than ``scales`` has scales."""
+        if not indices:
+            return
+        batch = indices[0].shape[0]
+        device = indices[0].device
+        with _full_precision(device):
+            accumulated = torch.zeros(batch, self.code_dim, *scales.last, device=device)
+            for k, idx in enumerate(indices):
+                accumulated = accumulated + self._upsampled_contribution(
+                    self.lookup_map(idx, scales.sizes[k]), k, scales
+                )
+                yield accumulated
+
     @torch.no_grad()
     def decode_per_scale(self, indices: Sequence[Tensor], scales: Scales) -> list[Tensor]:
         """The accumulated latent ``(b, d, H, W)`` after each scale (coarse-to-fine previews); length K."""
         self._check_indices(indices, scales)
-        batch = indices[0].shape[0]
-        height, width = scales.last
-        with _full_precision(indices[0].device):
-            accumulated = torch.zeros(batch, self.code_dim, height, width, device=indices[0].device)
-            out: list[Tensor] = []
-            for k, (idx, size) in enumerate(zip(indices, scales.sizes)):
-                accumulated = accumulated + self._upsampled_contribution(self.lookup_map(idx, size), k, scales)
-                out.append(accumulated)
-        return out
+        return list(self.accumulate(indices, scales))
 
     def decode(self, indices: Sequence[Tensor], scales: Scales) -> Tensor:
         """The accumulated latent ``(b, d, H, W)`` of all K scales."""
@@ -206,12 +231,9 @@ class MultiScaleResidualQuantizer(nn.Module):
         self._check_indices(indices, scales)
         batch = indices[0].shape[0]
         device = indices[0].device
+        inputs: list[Tensor] = [torch.zeros(batch, 0, self.code_dim, device=device)]
         with _full_precision(device):
-            accumulated = torch.zeros(batch, self.code_dim, *scales.last, device=device)
-            inputs: list[Tensor] = [torch.zeros(batch, 0, self.code_dim, device=device)]
-            for k in range(len(scales) - 1):
-                codes = self.lookup_map(indices[k], scales.sizes[k])
-                accumulated = accumulated + self._upsampled_contribution(codes, k, scales)
+            for k, accumulated in enumerate(self.accumulate(indices[:-1], scales)):
                 following = F.interpolate(accumulated, size=scales.sizes[k + 1], mode="area")
                 inputs.append(following.flatten(2).transpose(1, 2))
         return torch.cat(inputs, dim=1)

@@ -177,7 +177,7 @@ def check_attention_kernel(
                 kernel(*leaves, mask=m).float().backward(upstream)
                 reference(*leaves32, mask=m).backward(upstream)
                 for name, got_leaf, want_leaf in zip("qkv", leaves, leaves32, strict=True):
-                    if got_leaf.grad is None:
+                    if got_leaf.grad is None or want_leaf.grad is None:
                         raise AssertionError(f"{kernel.name}: no gradient reached {name} ({mtag})")
                     _assert_close(
                         got_leaf.grad,

@@ -74,7 +74,7 @@ def check_quantizer(
     num_scales = len(scales)
 
     # -- forward: shapes, counts, loss, gradients ---------------------------------------------------------------
-    out = quantizer.forward(latents, scales)  # type: ignore[call-arg]
+    out = quantizer.forward(latents, scales)
     if not isinstance(out, QuantizerOutput):
         _fail(f"forward must return a QuantizerOutput, got {type(out).__name__}")
     if out.quantized.shape != latents.shape or out.quantized.dtype != torch.float32:
@@ -119,11 +119,14 @@ def check_quantizer(
     decoded = quantizer.decode(indices, scales)
     if decoded.shape != latents.shape or not torch.allclose(decoded, out.quantized.detach(), atol=atol):
         _fail("decode(encode(latents)) differs from forward's quantized latents")
-    per_scale = getattr(quantizer, "decode_per_scale", None)
-    if per_scale is not None:
-        previews = per_scale(indices, scales)
-        if len(previews) != num_scales or not torch.allclose(previews[-1], decoded, atol=atol):
-            _fail("decode_per_scale must give K latents, the last equal to decode")
+    previews = quantizer.decode_per_scale(indices, scales)
+    if len(previews) != num_scales or not torch.allclose(previews[-1], decoded, atol=atol):
+        _fail("decode_per_scale must give K latents, the last equal to decode")
+    encoded, encoded_latents = quantizer.encode_per_scale(frozen, scales)
+    if any(not torch.equal(a, b) for a, b in zip(encoded, indices)) or len(encoded_latents) != num_scales:
+        _fail("encode_per_scale must give encode's indices and K accumulated latents")
+    if any(not torch.allclose(a, b, atol=atol) for a, b in zip(encoded_latents, previews)):
+        _fail("encode_per_scale's accumulated latents must equal decode_per_scale of its indices")
 
     # -- the transformer's view: teacher forcing = chained sampling steps ---------------------------------------
     for k, idx in enumerate(indices):
@@ -155,7 +158,7 @@ def check_quantizer(
     # -- precision: token ids must not depend on autocast -------------------------------------------------------
     device_type = torch.device(device).type
     with torch.autocast(device_type, dtype=torch.bfloat16):
-        mixed = quantizer.forward(frozen, scales)  # type: ignore[call-arg]
+        mixed = quantizer.forward(frozen, scales)
     if mixed.quantized.dtype != torch.float32:
         _fail(f"under bf16 autocast the quantized latents must stay float32, got {mixed.quantized.dtype}")
     for k, (a, b) in enumerate(zip(mixed.indices, indices)):

@@ -1,4 +1,7 @@
-"""Optimiser and schedule of the VAR transformer stage (VAR paper, Sec. 4 "Training"; reference recipe).
+"""Optimisers and learning-rate schedules of both stages (VAR paper, Sec. 4 "Training"; reference recipe).
+
+The tokenizer stage uses the same parameter groups and AdamW builder with its own schedule,
+:class:`WarmupCosine` (linear warm-up, cosine decay; VQGAN recipe). The transformer stage:
 
 * AdamW (betas 0.9/0.95) over two parameter groups: weights that get weight decay, and those that do not —
   norms, biases, embeddings, start tokens, position/level embeddings, adaLN gains, attention temperatures
@@ -27,6 +30,7 @@ __all__ = [
     "LR_SCHEDULES",
     "NO_DECAY_KEYS",
     "ScheduleSpec",
+    "WarmupCosine",
     "build_adamw",
     "lr_factor",
     "no_decay_names",
@@ -38,7 +42,7 @@ __all__ = [
 #: parameter-name fragments excluded from weight decay, besides 1-D tensors, biases and the parameters of
 #: ``nn.Embedding`` / normalisation layers: start tokens, position and level embeddings, the shared adaLN table,
 #: and the per-head attention temperature of cosine attention
-NO_DECAY_KEYS: tuple[str, ...] = ("start_tokens", "position_embedding", "gss", "log_scale")
+NO_DECAY_KEYS: tuple[str, ...] = ("start_tokens", "position_embedding", "block_offset", "log_scale")
 
 _NO_DECAY_MODULES = (nn.Embedding, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -139,6 +143,29 @@ def lr_factor(step: int, spec: ScheduleSpec) -> float:
     if spec.kind == "exp":
         return math.exp((passed - flat) / (1.0 - flat) * math.log(end))
     return end + (1.0 - end) * (1.0 - passed) / (1.0 - flat)
+
+
+class WarmupCosine:
+    """LR multiplier: linear warm-up over ``warmup_steps``, then cosine decay to ``min_ratio`` at ``total_steps``.
+
+    The tokenizer (VQGAN) recipe; the transformer stage uses :func:`lr_factor`. A callable object (not a lambda)
+    so that ``LambdaLR`` saves and restores it with the checkpoint.
+
+    >>> schedule = WarmupCosine(warmup_steps=10, total_steps=110, min_ratio=0.0)
+    >>> [round(schedule(s), 3) for s in (0, 9, 10, 60, 110, 200)]
+    [0.1, 1.0, 1.0, 0.5, 0.0, 0.0]
+    """
+
+    def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float) -> None:
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = int(total_steps)
+        self.min_ratio = float(min_ratio)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def weight_decay_at(step: int, total_steps: int, start: float, end: float) -> float:
