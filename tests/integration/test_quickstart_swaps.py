@@ -33,3 +33,25 @@ def test_quickstart_with_msfsq_linear_schedule_and_eager_attention(tmp_path: Pat
     assert model["scales"] == [1, 3, 4, 6, 8] and model["codebook_size"] == 15360
     assert model["attention"]["name"] == "eager"
     assert (runs / "var-demo" / "samples" / "grid.png").is_file()
+
+
+@pytest.mark.parametrize("quantizer", ["msibq", "mssimvq", "msbsq"])
+def test_quickstart_with_a_whole_codebook_quantizer(tmp_path: Path, quantizer: str) -> None:
+    """Each new quantizer trains end to end with one override; the export carries its codebook health."""
+    command = [
+        sys.executable, "-m", "varkit", "quickstart", "--output", str(tmp_path / "qs"),
+        "--tokenizer-steps", "3", "--steps", "3", "--train-per-class", "4", "--val-per-class", "2",
+        "--per-class", "1", "--batch-size", "8",
+        "--tokenizer-override", f"quantizer={quantizer}",
+        "--tokenizer-override", "trainer.val_check_interval=3",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = tmp_path / "qs" / "runs"
+    exported = runs / "tokenizer-demo" / "tokenizer"
+    assert json.loads((exported / "config.json").read_text())["config"]["quantizer"]["name"] == quantizer
+    health = json.loads((exported / "codebook_health.json").read_text())
+    scales = json.loads((exported / "config.json").read_text())["config"]["scales"]
+    assert len(health["usage"]) == len(scales) and health["step"] == 3
+    assert all(0 < u <= 1 for u in health["usage_of_reachable"])
+    assert (runs / "var-demo" / "samples" / "grid.png").is_file()

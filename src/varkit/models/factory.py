@@ -19,17 +19,22 @@ __all__ = ["TOKENIZER_KEYS", "model_arguments", "tokenizer_facts"]
 logger = logging.getLogger(__name__)
 
 #: model keys that the tokenizer decides (never specified twice)
-TOKENIZER_KEYS = ("scales", "codebook_size", "code_dim")
+TOKENIZER_KEYS = ("scales", "codebook_size", "code_dim", "codebook_sizes", "bits")
 
 
 def tokenizer_facts(tokenizer: nn.Module) -> dict[str, Any]:
-    """What the transformer takes from its tokenizer: ``scales`` (plain list), ``codebook_size``, ``code_dim``."""
+    """What the transformer takes from its tokenizer: ``scales`` (plain list), ``codebook_size``, ``code_dim``,
+    ``codebook_sizes`` (per-scale vocabularies, or None) and ``bits`` (the bit count of a bit-wise quantizer, whose
+    tokens the transformer then predicts bit by bit; None for the softmax head)."""
     scales: Scales = tokenizer.scales  # type: ignore[assignment]
     quantizer = tokenizer.quantizer  # type: ignore[union-attr]
+    sizes = getattr(quantizer, "codebook_sizes", None)
     return {
         "scales": scales.as_list(),
         "codebook_size": int(quantizer.codebook_size),  # type: ignore[union-attr]
         "code_dim": int(quantizer.code_dim),  # type: ignore[union-attr]
+        "codebook_sizes": None if sizes is None else [int(v) for v in sizes],
+        "bits": int(quantizer.bits) if getattr(quantizer, "bitwise", False) else None,  # type: ignore[union-attr]
     }
 
 

@@ -91,7 +91,9 @@ class MultiScaleResidualQuantizer(nn.Module):
         if self.codebook_sizes is None:
             return [int(self.codebook_size)] * num_scales
         if len(self.codebook_sizes) != num_scales:
-            raise ValueError(f"codebook_sizes {self.codebook_sizes} has {len(self.codebook_sizes)} entries for {num_scales} scales")
+            raise ValueError(
+                f"codebook_sizes {self.codebook_sizes} has {len(self.codebook_sizes)} entries for {num_scales} scales"
+            )
         return [int(v) for v in self.codebook_sizes]
 
     # -- helpers ------------------------------------------------------------------------------------------------
