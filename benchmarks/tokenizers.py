@@ -142,7 +142,7 @@ def evaluate_tokenizer(root: Path, data: Path, extractor: Any) -> dict[str, Any]
     health = codebook_health(counts, vocabulary_sizes_of(vae.quantizer, vae.scales), images=len(images))  # type: ignore[arg-type]
     result = {
         "psnr": float(psnr.compute()),
-        "ssim": float(ssim.compute()),
+        "ssim": float(ssim.compute()),  # type: ignore[arg-type]
         "rfid": fid,
         "images": len(images),
         **health,
@@ -151,12 +151,13 @@ def evaluate_tokenizer(root: Path, data: Path, extractor: Any) -> dict[str, Any]
     return result
 
 
-def train_transformer(root: Path, variant: str) -> float | None:
+def train_transformer(root: Path, variant: str, steps: int | None) -> float | None:
     marker = root / "transformer_time.json"
     if marker.is_file():
         return float(json.loads(marker.read_text())["seconds"])
     overrides = [a for item in VARIANTS[variant] for a in ("--tokenizer-override", item)]
-    seconds = _varkit(["quickstart", "--output", str(root), *overrides], root / "quickstart.log")
+    budget = ["--steps", str(steps)] if steps else []
+    seconds = _varkit(["quickstart", "--output", str(root), *overrides, *budget], root / "quickstart.log")
     marker.write_text(json.dumps({"seconds": seconds}) + "\n")
     return seconds
 
@@ -169,10 +170,12 @@ def evaluate_generator(root: Path, data: Path, extractor: Any, per_class: int, c
     from varkit.checkpoint.generator import load_generator
     from varkit.models.var import sample_images
 
+    var: Any
+    vae: Any
     var, vae, _ = load_generator(root / "runs" / "var-demo" / "model")
     real, _ = _val_images(data, int(vae.image_size[0]))  # type: ignore[index]
     generator = torch.Generator().manual_seed(0)
-    labels = torch.arange(var.num_classes).repeat_interleave(per_class)  # type: ignore[arg-type]
+    labels = torch.arange(var.num_classes).repeat_interleave(per_class)
     fakes = [
         (sample_images(var, vae, chunk, generator=generator, cfg=cfg, top_k=0, top_p=0.0) * 255).round().to(torch.uint8)
         for chunk in labels.split(50)
@@ -218,6 +221,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=ORDER, choices=ORDER)
     parser.add_argument("--steps", type=int, default=None, help="tokenizer steps (default: the preset's 2000)")
     parser.add_argument("--transformer", action="store_true", help="also train and evaluate the transformers")
+    parser.add_argument("--transformer-steps", type=int, default=None, help="default: the quickstart's budget")
     parser.add_argument("--per-class", type=int, default=20, help="generated images per class (generation FID)")
     parser.add_argument("--cfg", type=float, default=1.5)
     parser.add_argument("--report", action="store_true", help="only print the table of finished runs")
@@ -235,7 +239,7 @@ def main() -> None:
         if args.transformer:
             for variant in args.variants:
                 root = args.root / variant
-                train_transformer(root, variant)
+                train_transformer(root, variant, args.transformer_steps)
                 evaluate_generator(root, args.data, extractor or _extractor(args.data), args.per_class, args.cfg)
                 print(f"{variant}: transformer done", flush=True)
     text = table(args.root)

@@ -27,14 +27,14 @@ def tokenizer_facts(tokenizer: nn.Module) -> dict[str, Any]:
     ``codebook_sizes`` (per-scale vocabularies, or None) and ``bits`` (the bit count of a bit-wise quantizer, whose
     tokens the transformer then predicts bit by bit; None for the softmax head)."""
     scales: Scales = tokenizer.scales  # type: ignore[assignment]
-    quantizer = tokenizer.quantizer  # type: ignore[union-attr]
+    quantizer: Any = tokenizer.quantizer
     sizes = getattr(quantizer, "codebook_sizes", None)
     return {
         "scales": scales.as_list(),
-        "codebook_size": int(quantizer.codebook_size),  # type: ignore[union-attr]
-        "code_dim": int(quantizer.code_dim),  # type: ignore[union-attr]
+        "codebook_size": int(quantizer.codebook_size),
+        "code_dim": int(quantizer.code_dim),
         "codebook_sizes": None if sizes is None else [int(v) for v in sizes],
-        "bits": int(quantizer.bits) if getattr(quantizer, "bitwise", False) else None,  # type: ignore[union-attr]
+        "bits": int(quantizer.bits) if getattr(quantizer, "bitwise", False) else None,
     }
 
 
