@@ -32,7 +32,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
+# Run as a script, this file's folder comes first on sys.path, and its name would shadow the `tokenizers` package
+# that torchmetrics -> transformers imports; drop the folder (nothing here imports a sibling module).
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import torch  # noqa: E402
 
 VARIANTS: dict[str, list[str]] = {
     "msvq": ["quantizer=msvq", "codebook.restart=false"],
