@@ -95,7 +95,7 @@ def _val_images(data: Path, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     from varkit.evaluation.shard_images import iter_shard_samples
 
     samples = list(iter_shard_samples(expand_urls(str(data / "val")), size))
-    images = torch.stack([torch.from_numpy(image).permute(2, 0, 1) for image, _ in samples])
+    images = torch.stack([torch.from_numpy(image.copy()).permute(2, 0, 1) for image, _ in samples])
     return images, torch.tensor([label for _, label in samples])
 
 
