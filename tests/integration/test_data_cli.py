@@ -62,7 +62,8 @@ def test_tokenize_command_with_a_saved_vqvae(tmp_path, capsys):
         ]
     )
     assert code == 0, capsys.readouterr()
-    assert "wrote 10 token pyramids (uint16)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "wrote 10 token pyramids (uint16)" in printed
 
     images = torch.cat([x for x, _ in WebDataModule(None, urls, image_size=16, batch_size=5).val_dataloader()])
     expected = torch.cat(vae.tokenize(images), dim=1)
@@ -70,3 +71,8 @@ def test_tokenize_command_with_a_saved_vqvae(tmp_path, capsys):
     assert tokens.scales == [tuple(s) for s in vae.scales.sizes]
     indices = torch.cat([x for x, _ in tokens.val_dataloader()])
     torch.testing.assert_close(indices, expected, rtol=0, atol=0)
+    # the usage report counts the distinct codes of each scale over the tokenized images (not their flips)
+    vocabulary = vae.quantizer.codebook_size
+    for k, per_scale in enumerate(vae.tokenize(images)):
+        used = int(per_scale.unique().numel())
+        assert f"scale {k}: {used} / {vocabulary} codes" in printed, printed

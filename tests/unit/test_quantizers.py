@@ -18,6 +18,9 @@ from varkit.testing import check_quantizer
 SMALL_ARGS = {
     "msvq": {"codebook_size": 32, "code_dim": 8},
     "msfsq": {"levels": [5, 4, 3], "code_dim": 8},
+    "msibq": {"codebook_size": 32, "code_dim": 8},
+    "mssimvq": {"codebook_size": 32, "code_dim": 8},
+    "msbsq": {"bits": 5, "code_dim": 8},
 }
 
 SCALES = {

@@ -111,6 +111,7 @@ def _tokenize(args: argparse.Namespace) -> int:
         image_size=image_size,
         codebook_size=int(model.quantizer.codebook_size),
         scales=[(int(h), int(w)) for h, w in model.scales.sizes],
+        codebook_sizes=getattr(model.quantizer, "codebook_sizes", None),
         flip=args.flip,
         mid_reso=args.mid_reso,
         batch_size=args.batch_size,
@@ -119,7 +120,12 @@ def _tokenize(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     skipped = summary.pop("skipped")
+    health = summary.pop("codebook_health")
     print(f"wrote {summary['samples']} token pyramids ({summary['dtype']}) to {args.output}")
+    if health is not None:  # how much of each scale's vocabulary these images use
+        print("codebook usage per scale (used / codes, used / reachable):")
+        for k, (used, codes, reachable) in enumerate(zip(health["used"], health["codes"], health["reachable"])):
+            print(f"  scale {k}: {used} / {codes} codes ({used / codes:.1%}), {used / reachable:.1%} of reachable")
     print(json.dumps(summary))
     total = skipped["corrupt"] + skipped["missing_keys"]
     if total or skipped["shard_errors"]:

@@ -15,6 +15,7 @@ tokenizer is exported to ``runs/<name>/tokenizer/`` (``config.json`` + ``model.s
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import warnings
@@ -92,4 +93,7 @@ def run(cfg: DictConfig) -> None:
         return
     if trainer.is_global_zero:
         exported = export_tokenizer(module.vae, output_dir / "tokenizer")
+        if module.codebook_health_report is not None:  # the last validation's per-scale usage, beside the weights
+            health = json.dumps(module.codebook_health_report, indent=1)
+            (Path(exported) / "codebook_health.json").write_text(health + "\n")
         sys.stdout.write(f"tokenizer exported to {exported}\n")

@@ -33,6 +33,7 @@ from varkit.data.stats import SkipStats
 from varkit.data.streaming import SkipSample, Urls, stack_collate
 from varkit.data.transforms import ImageTransform
 from varkit.errors import DataSetupError
+from varkit.quantizers.codebook import codebook_health
 
 __all__ = ["ScaleSplitCollate", "TokenSampleDecoder", "read_token_info", "split_scales", "write_token_shards"]
 
@@ -42,8 +43,17 @@ Tokenize = Callable[[torch.Tensor], Sequence[torch.Tensor]]
 
 
 def token_dtype(codebook_size: int) -> np.dtype:
-    """Smallest integer type used on disk for indices of a codebook of ``codebook_size`` entries."""
-    return np.dtype(np.uint16) if codebook_size <= 65536 else np.dtype(np.int32)
+    """Smallest integer type used on disk for indices of a codebook of ``codebook_size`` entries.
+
+    With per-scale vocabularies the largest one decides; bitwise tokenizers beyond 31 bits need ``int64``.
+    """
+    if codebook_size <= 65536:
+        return np.dtype(np.uint16)
+    return np.dtype(np.int32) if codebook_size <= 2**31 else np.dtype(np.int64)
+
+
+#: per-scale usage is counted densely up to this vocabulary (larger implicit codebooks, e.g. 2^32 BSQ codes, skip it)
+_MAX_COUNTED_VOCABULARY = 1 << 22
 
 
 def _encode_npy(array: np.ndarray) -> bytes:
@@ -86,6 +96,7 @@ def write_token_shards(
     image_size: int,
     codebook_size: int,
     scales: Sequence[tuple[int, int]] | None = None,
+    codebook_sizes: Sequence[int] | None = None,
     flip: bool = False,
     mid_reso: float = 1.125,
     batch_size: int = 32,
@@ -101,7 +112,11 @@ def write_token_shards(
         image_urls: image shard specification.
         out_dir: folder for ``shard-*.tar`` and ``tokens.json``.
         image_size, mid_reso: evaluation transform (resize shorter side to ``image_size * mid_reso``, center crop).
-        codebook_size: number of codebook entries (chooses the on-disk dtype).
+        codebook_size: number of codebook entries (chooses the on-disk dtype; the largest per-scale vocabulary).
+        codebook_sizes: per-scale vocabularies (checked per scale and recorded in ``tokens.json``); None: one size.
+
+    The returned summary also holds ``codebook_health``: per-scale usage of the tokens written
+    (:func:`varkit.quantizers.codebook.codebook_health`).
         scales: token-map sizes; inferred as squares from the token counts when omitted.
         flip: also store the tokens of the horizontally flipped image.
     """
@@ -110,6 +125,7 @@ def write_token_shards(
     stats = SkipStats()
     out_dir = Path(out_dir)
     info: dict[str, Any] = {}
+    hits: list[torch.Tensor] = []  # per-scale code hit counts (original images only, not the flips)
 
     def flush(writer: ShardWriter, keys: list[str], images: list[torch.Tensor], labels: list[int]) -> None:
         nonlocal scales
@@ -120,6 +136,15 @@ def write_token_shards(
         counts = [h * w for h, w in scales]
         if [t.shape[1] for t in per_scale] != counts:
             raise ValueError(f"tokenizer returned {[t.shape[1] for t in per_scale]} tokens per scale, not {counts}")
+        if codebook_size <= _MAX_COUNTED_VOCABULARY:
+            if not hits:
+                hits.extend(torch.zeros(codebook_size, dtype=torch.float64) for _ in per_scale)
+            for k, tokens in enumerate(per_scale):
+                hits[k] += torch.bincount(tokens.flatten().cpu(), minlength=codebook_size)[:codebook_size].double()
+        if codebook_sizes is not None:
+            for k, (tokens, size) in enumerate(zip(per_scale, codebook_sizes)):
+                if int(tokens.max()) >= size:
+                    raise ValueError(f"token indices of scale {k} outside its vocabulary [0, {size})")
         flat = torch.cat(per_scale, dim=1)
         if flip:
             flat = torch.stack([flat, torch.cat(list(tokenize(batch.flip(-1))), dim=1)], dim=1)
@@ -154,13 +179,17 @@ def write_token_shards(
         "scales": [list(s) for s in scales],
         "codebook_size": codebook_size,
         "dtype": dtype.name,
+        **({"codebook_sizes": [int(v) for v in codebook_sizes]} if codebook_sizes is not None else {}),
         "image_size": image_size,
         "mid_reso": mid_reso,
         "flip": flip,
         "samples": written,
     }
     (out_dir / "tokens.json").write_text(json.dumps(info, indent=1) + "\n")
-    return {**info, "skipped": stats.state_dict()}
+    health = None
+    if hits:
+        health = codebook_health(torch.stack(hits), codebook_sizes, images=written)
+    return {**info, "skipped": stats.state_dict(), "codebook_health": health}
 
 
 def read_token_info(path: str | Path) -> dict[str, Any]:

@@ -30,7 +30,15 @@ from varkit.lit.settings import CodebookSettings, GANSettings, LossSettings, Opt
 from varkit.models.vqvae import VQVAE, build_vqvae
 from varkit.nn.discriminator import PatchDiscriminator
 from varkit.nn.perceptual import build_perceptual_loss
-from varkit.quantizers.codebook import CodeUsage, codebook_of, reset_optimizer_rows, restart_dead_codes, scale_residuals
+from varkit.quantizers.codebook import (
+    CodeUsage,
+    codebook_health,
+    codebook_of,
+    reset_optimizer_rows,
+    restart_dead_codes,
+    scale_residuals,
+    vocabulary_sizes_of,
+)
 from varkit.registry import to_plain
 from varkit.training.losses import (
     adaptive_gan_weight,
@@ -128,6 +136,8 @@ class TokenizerModule(L.LightningModule):
         self.restart_usage = CodeUsage(num_scales, codebook_size)
         self._pool: deque[Tensor] = deque(maxlen=max(1, self.codebook_settings.pool_batches))
         self._val_counts = torch.zeros(num_scales, codebook_size, dtype=torch.float64)
+        #: the last validation's per-scale codebook health (written beside the exported weights)
+        self.codebook_health_report: dict[str, Any] | None = None
         self._restart_enabled = self.codebook_settings.restart and codebook_of(self.vae.quantizer) is not None
         if self.codebook_settings.restart and not self._restart_enabled:
             logger.info("dead-code restart is off: the %s quantizer has no learned codebook", plain["quantizer"])
@@ -267,10 +277,10 @@ class TokenizerModule(L.LightningModule):
             self._pool.append(images.detach())
         step = self.global_step  # already counts this batch's generator step
         if settings.usage_window > 0 and step % settings.usage_window == 0:
-            usage, perplexity = self.train_usage.usage(), self.train_usage.perplexity()
-            values = {f"train/codebook/usage_s{k}": float(usage[k]) for k in range(len(usage))}
-            values.update({f"train/codebook/perplexity_s{k}": float(perplexity[k]) for k in range(len(usage))})
-            values["train/codebook/usage_all"] = float((self.train_usage.counts.sum(0) > 0).double().mean())
+            health = codebook_health(self.train_usage.counts, vocabulary_sizes_of(self.vae.quantizer, self.vae.scales))
+            values = {"train/codebook/usage_all": float(health["usage_all"])}  # type: ignore[arg-type]
+            for key in ("usage", "perplexity", "dead"):
+                values.update({f"train/codebook/{key}_s{k}": float(v) for k, v in enumerate(health[key])})  # type: ignore[arg-type]
             self.log_dict(values, on_step=True, on_epoch=False)
             self.train_usage.reset()
         due = settings.restart_every > 0 and step % settings.restart_every == 0
@@ -327,9 +337,13 @@ class TokenizerModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         counts = self._reduce_counts(self._val_counts.to(self.device)).cpu()
-        usage = (counts > 0).double().mean(dim=1)
-        values = {f"val/codebook/usage_s{k}": float(usage[k]) for k in range(len(usage))}
-        values["val/codebook/usage_all"] = float((counts.sum(0) > 0).double().mean())
+        sizes = vocabulary_sizes_of(self.vae.quantizer, self.vae.scales)
+        first = self.vae.scales.token_counts[0]
+        health = codebook_health(counts, sizes, images=int(counts[0].sum()) // first)
+        self.codebook_health_report = {"step": int(self.global_step), "split": "validation", **health}
+        values: dict[str, float] = {"val/codebook/usage_all": float(health["usage_all"])}  # type: ignore[arg-type]
+        for key in ("usage", "usage_of_reachable", "perplexity", "dead"):
+            values.update({f"val/codebook/{key}_s{k}": float(v) for k, v in enumerate(health[key])})  # type: ignore[arg-type]
         self.log_dict(values, on_epoch=True)
 
     # -- checkpoints ---------------------------------------------------------------------------------------------

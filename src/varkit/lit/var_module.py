@@ -23,7 +23,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from varkit.contracts import Scales
@@ -271,7 +270,7 @@ class VARModule(L.LightningModule):
         tf_inputs = tf_inputs[:, : end - self.scales.first_tokens]
         logits = self._unregistered["train_forward"](labels, tf_inputs, generator=self._class_dropout_generator())
         smoothing = float(self.loss_settings.label_smoothing)
-        per_token = F.cross_entropy(logits.transpose(1, 2), targets, label_smoothing=smoothing, reduction="none")
+        per_token = self.model.token_loss(logits, targets, smoothing)  # CE, or the per-bit BCE sum (bit-wise head)
         weights = torch.full((end,), 1.0 / self.scales.total_tokens, device=logits.device)
         if stage < self.scales.num_scales - 1:
             begin = self._scale_bounds[stage][0]
@@ -301,8 +300,8 @@ class VARModule(L.LightningModule):
     ) -> None:
         """Cross-entropy and accuracy (%), mean over all tokens and over the last scale, and per scale."""
         if per_token is None:
-            per_token = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
-        correct = (logits.argmax(dim=-1) == targets).float() * 100.0
+            per_token = self.model.token_loss(logits.float(), targets)
+        correct = (self.model.predict_tokens(logits) == targets).float() * 100.0
         on_step = split == "train"
         options = {"on_step": on_step, "on_epoch": not on_step, "sync_dist": sync_dist}
         self.log(f"{split}/ce", per_token.mean(), **options)

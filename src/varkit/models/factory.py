@@ -17,15 +17,21 @@ __all__ = ["TOKENIZER_KEYS", "model_arguments", "tokenizer_facts"]
 logger = logging.getLogger(__name__)
 
 #: model keys that the tokenizer decides (never specified twice)
-TOKENIZER_KEYS = ("scales", "codebook_size", "code_dim")
+TOKENIZER_KEYS = ("scales", "codebook_size", "code_dim", "codebook_sizes", "bits")
 
 
 def tokenizer_facts(tokenizer: VQVAE) -> dict[str, Any]:
-    """What the transformer takes from its tokenizer: ``scales`` (plain list), ``codebook_size``, ``code_dim``."""
+    """What the transformer takes from its tokenizer: ``scales`` (plain list), ``codebook_size``, ``code_dim``,
+    ``codebook_sizes`` (per-scale vocabularies, or None) and ``bits`` (the bit count of a bit-wise quantizer, whose
+    tokens the transformer then predicts bit by bit; None for the softmax head)."""
+    quantizer: Any = tokenizer.quantizer
+    sizes = getattr(quantizer, "codebook_sizes", None)
     return {
         "scales": tokenizer.scales.as_list(),
-        "codebook_size": int(tokenizer.quantizer.codebook_size),
-        "code_dim": int(tokenizer.quantizer.code_dim),
+        "codebook_size": int(quantizer.codebook_size),
+        "code_dim": int(quantizer.code_dim),
+        "codebook_sizes": None if sizes is None else [int(v) for v in sizes],
+        "bits": int(quantizer.bits) if getattr(quantizer, "bitwise", False) else None,
     }
 
 

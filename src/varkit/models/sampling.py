@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from varkit.nn.heads import bits_to_indices
+
 __all__ = [
     "apply_temperature",
     "filter_logits",
@@ -116,3 +118,35 @@ def smooth_temperature(progress: float) -> float:
     Starts at 0.27 and anneals towards 0.0135 at the finest scale (following MaskGIT), never below 0.005.
     """
     return max(0.27 * (1.0 - progress * 0.95), 0.005)
+
+
+def sample_bits(
+    bit_logits: Tensor,
+    *,
+    top_k: int = 0,
+    top_p: float = 0.0,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Sample token ids ``(b, l)`` from a bit-wise head's logits ``(b, l, bits)``, each bit independently.
+
+    Bit ``i`` is 1 with probability ``sigmoid(logit_i / temperature)``. The filters, defined for a choice between
+    two values (the per-bit analogue of the usual definitions):
+
+    * ``top_k``: ``1`` keeps only the more likely value of every bit (greedy); ``0`` or ``>= 2`` keeps both.
+    * ``top_p``: the nucleus of a two-value distribution is the more likely value alone when its probability
+      reaches ``top_p``, else both values; so a bit whose more likely value has probability ``>= top_p`` is set
+      greedily and the others are sampled. ``0`` (or ``>= 1``) disables it.
+
+    Guidance is applied before this, per bit, on the logits (:func:`guided_logits` is elementwise).
+    """
+    logits = bit_logits.float()
+    greedy = logits > 0
+    if top_k == 1 or temperature <= 0:
+        return bits_to_indices(greedy)
+    probs = torch.sigmoid(logits / temperature)
+    draws = torch.rand(probs.shape, device=probs.device, generator=generator) < probs
+    if 0.0 < top_p < 1.0:
+        confident = torch.maximum(probs, 1 - probs) >= top_p
+        draws = torch.where(confident, greedy, draws)
+    return bits_to_indices(draws)

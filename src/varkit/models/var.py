@@ -25,11 +25,25 @@ import torch
 from torch import Tensor, nn
 
 from varkit.contracts import BlockCausalMask, GuidanceSchedule, MultiScaleQuantizer, Scales
-from varkit.models.sampling import filter_logits, guided_logits, gumbel_softmax, sample_tokens, smooth_temperature
+from varkit.models.sampling import (
+    filter_logits,
+    guided_logits,
+    gumbel_softmax,
+    sample_bits,
+    sample_tokens,
+    smooth_temperature,
+)
 from varkit.nn.adaln import AdaLNModulation, HeadAdaLN, SharedAdaLN
 from varkit.nn.attention import KernelSpec, KVCache
 from varkit.nn.block import AdaLNBlock
 from varkit.nn.embeddings import ScalePositionEmbedding
+from varkit.nn.heads import (
+    bitwise_loss,
+    bitwise_predictions,
+    mask_vocabulary,
+    token_vocabularies,
+    vocabulary_cross_entropy,
+)
 from varkit.registry import ATTENTION_KERNELS, CFG_SCHEDULES, SCALE_SCHEDULES
 
 __all__ = ["VAR", "GenerationOutput", "sample_images"]
@@ -89,6 +103,10 @@ class VAR(nn.Module):
         qk_l2_norm: cosine attention with a learned per-head temperature.
         class_dropout: probability of replacing a label by the null class in training (enables CFG).
         codebook_size, code_dim: the tokenizer's vocabulary size and code-vector dimension.
+        codebook_sizes: per-scale vocabularies (scale k predicts among codes ``[0, codebook_sizes[k])``; the others'
+            logits are masked); None: ``codebook_size`` at every scale.
+        bits: bit-wise head (:mod:`varkit.nn.heads`): predict ``bits`` independent bit logits per token instead of
+            ``codebook_size`` logits (for BSQ tokenizers, ``codebook_size = 2^bits``); None: softmax head.
         scales: the token-map schedule (a :class:`Scales`, a list of sizes or a registered schedule name).
         attention: the attention kernel (registry name or spec mapping, see :data:`varkit.ATTENTION_KERNELS`).
     """
@@ -112,6 +130,8 @@ class VAR(nn.Module):
         code_dim: int = 32,
         scales: ScalesSpec = "var_256",
         attention: KernelSpec = "sdpa",
+        codebook_sizes: Sequence[int] | None = None,
+        bits: int | None = None,
     ) -> None:
         super().__init__()
         if width % num_heads:
@@ -121,6 +141,18 @@ class VAR(nn.Module):
         self.scales = SCALE_SCHEDULES.resolve(scales)
         self.num_classes, self.depth, self.width, self.num_heads = num_classes, depth, width, num_heads
         self.codebook_size, self.code_dim = codebook_size, code_dim
+        self.bits = None if bits is None else int(bits)
+        if self.bits is not None and 2**self.bits != codebook_size:
+            raise ValueError(
+                f"a bit-wise head with {self.bits} bits needs codebook_size 2^{self.bits}, got {codebook_size}"
+            )
+        self.codebook_sizes = None if codebook_sizes is None else [int(v) for v in codebook_sizes]
+        if self.codebook_sizes is not None and (
+            len(self.codebook_sizes) != len(self.scales) or max(self.codebook_sizes) > codebook_size
+        ):
+            raise ValueError(f"codebook_sizes {self.codebook_sizes} must give one size <= {codebook_size} per scale")
+        if self.codebook_sizes is not None and self.bits is not None:
+            raise ValueError("per-scale vocabularies and the bit-wise head do not combine")
         self.class_dropout = float(class_dropout)
         self.mask = BlockCausalMask(self.scales)
         self.config: dict[str, Any] = {
@@ -141,6 +173,11 @@ class VAR(nn.Module):
             "scales": self.scales.as_list(),
             "attention": _kernel_spec_as_data(attention),
         }
+        # only when used, so that the config (and the released checkpoints' parity) of plain models is unchanged
+        if self.codebook_sizes is not None:
+            self.config["codebook_sizes"] = list(self.codebook_sizes)
+        if self.bits is not None:
+            self.config["bits"] = self.bits
 
         std = math.sqrt(1.0 / width / 3.0)
         self.class_embedding = nn.Embedding(num_classes + 1, width)
@@ -169,7 +206,13 @@ class VAR(nn.Module):
             for rate in rates
         )
         self.head_norm = HeadAdaLN(width, width, norm_eps)
-        self.head = nn.Linear(width, codebook_size)
+        self.head = nn.Linear(width, codebook_size if self.bits is None else self.bits)
+        self.token_vocabularies: Tensor | None
+        if self.codebook_sizes is not None:
+            vocabularies = token_vocabularies(self.codebook_sizes, self.scales.token_counts)
+            self.register_buffer("token_vocabularies", vocabularies, persistent=False)
+        else:
+            self.token_vocabularies = None
         self.init_weights()
 
     # -- initialisation -------------------------------------------------------------------------------------------
@@ -235,9 +278,30 @@ class VAR(nn.Module):
         draws = torch.rand(labels.shape, device=labels.device, generator=generator)
         return torch.where(draws < self.class_dropout, torch.full_like(labels, self.num_classes), labels)
 
+    # -- the head's view of tokens --------------------------------------------------------------------------------
+    @property
+    def bitwise(self) -> bool:
+        """True when the head predicts bits (:mod:`varkit.nn.heads`) rather than a softmax over the vocabulary."""
+        return self.bits is not None
+
+    def _mask(self, logits: Tensor, positions: slice) -> Tensor:
+        if self.token_vocabularies is None:
+            return logits
+        return mask_vocabulary(logits, self.token_vocabularies[positions])
+
+    def token_loss(self, logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
+        """Per-token loss ``(b, L)`` of :meth:`forward`'s logits: cross-entropy, or the sum of per-bit BCEs."""
+        if self.bits is not None:
+            return bitwise_loss(logits, targets)
+        return vocabulary_cross_entropy(logits, targets, label_smoothing)
+
+    def predict_tokens(self, logits: Tensor) -> Tensor:
+        """The most likely token ids ``(b, L)`` of :meth:`forward`'s logits."""
+        return bitwise_predictions(logits) if self.bits is not None else logits.argmax(dim=-1)
+
     # -- teacher forcing ------------------------------------------------------------------------------------------
     def forward(self, labels: Tensor, inputs: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
-        """Teacher-forced logits ``(b, L, codebook_size)`` float32.
+        """Teacher-forced logits ``(b, L, codebook_size)`` float32 (``(b, L, bits)`` for a bit-wise head).
 
         Args:
             labels: ``(b,)`` class indices (``num_classes`` = null class). Class dropout applies in training.
@@ -261,7 +325,7 @@ class VAR(nn.Module):
         x = x + self.position_embedding()[:, :length]
         for block, modulation in zip(self.blocks, self.block_modulations(cond)):
             x = block(x, modulation, mask=self.mask)
-        return self.head(self.head_norm(x, cond)).float()
+        return self._mask(self.head(self.head_norm(x, cond)).float(), slice(0, length))
 
     # -- sampling -------------------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -325,6 +389,8 @@ class VAR(nn.Module):
             KVCache(rows, self.num_heads, scales.total_tokens, head_dim, dtype=cache_dtype, device=self.device)
             for _ in self.blocks
         ]
+        if smooth and self.bits is not None:
+            raise ValueError("smooth=True mixes all code vectors; a bit-wise head has 2^bits of them: use smooth=False")
         codebook = quantizer.lookup(torch.arange(self.codebook_size, device=self.device)[None])[0] if smooth else None
 
         x = cond[:, None] + self.start_tokens.expand(rows, -1, -1) + positions[:, : scales.first_tokens]
@@ -334,9 +400,13 @@ class VAR(nn.Module):
             for block, modulation, cache in zip(self.blocks, modulations, caches):
                 x = block(x, modulation, cache=cache)
             logits = self.head(self.head_norm(x, modulation=head_modulation)).float()
-            if guided:
+            if guided:  # per bit on bit logits: (1 + t) cond - t uncond is elementwise
                 logits = guided_logits(logits[:batch], logits[batch:], weights[k])
-            indices = sample_tokens(logits, top_k=top_k, top_p=top_p, temperature=temperature, generator=generator)
+            logits = self._mask(logits, scales.slice(k))  # after guidance: -inf - (-inf) would be nan
+            if self.bits is not None:
+                indices = sample_bits(logits, top_k=top_k, top_p=top_p, temperature=temperature, generator=generator)
+            else:
+                indices = sample_tokens(logits, top_k=top_k, top_p=top_p, temperature=temperature, generator=generator)
             if keep_masks is not None and keep_tokens is not None:
                 keep = keep_masks[k].to(indices.device)
                 indices = torch.where(keep, keep_tokens[k].to(indices.device), indices)

@@ -24,7 +24,15 @@ from torch import Tensor, nn
 from varkit.contracts import Scales
 from varkit.quantizers.residual import MultiScaleResidualQuantizer
 
-__all__ = ["CodeUsage", "codebook_of", "reset_optimizer_rows", "restart_dead_codes", "scale_residuals"]
+__all__ = [
+    "CodeUsage",
+    "codebook_health",
+    "codebook_of",
+    "reset_optimizer_rows",
+    "restart_dead_codes",
+    "scale_residuals",
+    "vocabulary_sizes_of",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +85,53 @@ class CodeUsage:
             self.steps = int(state["steps"])
         else:
             logger.warning("ignoring saved code counts of shape %s (expected %s)", counts.shape, self.counts.shape)
+
+
+def vocabulary_sizes_of(quantizer: object, scales: Scales) -> list[int]:
+    """Each scale's vocabulary size: the quantizer's ``vocabulary_sizes`` if it has one, else ``codebook_size``."""
+    method = getattr(quantizer, "vocabulary_sizes", None)
+    if method is not None:
+        return [int(v) for v in method(len(scales))]
+    return [int(quantizer.codebook_size)] * len(scales)  # type: ignore[attr-defined]
+
+
+def codebook_health(
+    counts: Tensor, vocabulary_sizes: Sequence[int] | None = None, images: int | None = None
+) -> dict[str, list[float] | list[int] | float | int | None]:
+    """Per-scale codebook health of ``(K, V)`` hit counts, as plain JSON-ready lists.
+
+    * ``codes``: the vocabulary of each scale (``vocabulary_sizes``, default ``V`` everywhere);
+    * ``used``: distinct codes hit; ``dead``: codes of the scale's vocabulary never hit;
+    * ``usage``: ``used / codes``;
+    * ``reachable``: the most codes the scale could have used, ``min(codes, positions)`` where ``positions`` is the
+      number of tokens counted (the 1x1 map over N images can use at most N codes);
+      ``usage_of_reachable``: ``used / reachable``;
+    * ``perplexity``: ``exp(H)`` of the scale's code distribution (``codes`` for perfectly uniform use).
+
+    >>> h = codebook_health(torch.tensor([[3, 0, 0, 0], [1, 1, 1, 0]]), images=3)
+    >>> h["used"], h["usage"], h["usage_of_reachable"], h["dead"]
+    ([1, 3], [0.25, 0.75], [0.3333333333333333, 1.0], [3, 1])
+    """
+    counts = counts.detach().to("cpu", torch.float64)
+    num_scales, width = counts.shape
+    sizes = [int(v) for v in vocabulary_sizes] if vocabulary_sizes is not None else [width] * num_scales
+    used = [int((counts[k, : sizes[k]] > 0).sum()) for k in range(num_scales)]
+    positions = [int(counts[k].sum()) for k in range(num_scales)]
+    reachable = [max(1, min(sizes[k], positions[k])) for k in range(num_scales)]
+    probs = counts / counts.sum(dim=1, keepdim=True).clamp_min(1.0)
+    perplexity = (-(probs * probs.clamp_min(1e-30).log()).sum(dim=1)).exp()
+    return {
+        "codes": sizes,
+        "positions": positions,
+        "images": images,
+        "used": used,
+        "dead": [sizes[k] - used[k] for k in range(num_scales)],
+        "usage": [used[k] / sizes[k] for k in range(num_scales)],
+        "reachable": reachable,
+        "usage_of_reachable": [used[k] / reachable[k] for k in range(num_scales)],
+        "perplexity": [float(p) for p in perplexity],
+        "usage_all": float((counts.sum(0) > 0).double().mean()),
+    }
 
 
 def codebook_of(quantizer: nn.Module) -> nn.Embedding | None:

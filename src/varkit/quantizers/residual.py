@@ -72,6 +72,9 @@ class MultiScaleResidualQuantizer(nn.Module):
 
     codebook_size: int
     code_dim: int
+    #: per-scale vocabulary sizes (scale k uses codes ``0 .. codebook_sizes[k] - 1``); None: ``codebook_size``
+    #: at every scale. Set by quantizers that support it (``msibq``, ``mssimvq``).
+    codebook_sizes: list[int] | None = None
 
     def __init__(
         self,
@@ -99,6 +102,20 @@ class MultiScaleResidualQuantizer(nn.Module):
         """Code vectors of ``indices`` ``(b, l)`` -> ``(b, l, code_dim)`` float32."""
         raise NotImplementedError
 
+    def quantize_scale(self, residual: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """Quantize scale ``k``'s map; the default ignores ``k`` (one vocabulary for all scales)."""
+        return self.quantize_map(residual)
+
+    def vocabulary_sizes(self, num_scales: int) -> list[int]:
+        """The vocabulary size of each of ``num_scales`` scales (all ``codebook_size`` unless per-scale)."""
+        if self.codebook_sizes is None:
+            return [int(self.codebook_size)] * num_scales
+        if len(self.codebook_sizes) != num_scales:
+            raise ValueError(
+                f"codebook_sizes {self.codebook_sizes} has {len(self.codebook_sizes)} entries for {num_scales} scales"
+            )
+        return [int(v) for v in self.codebook_sizes]
+
     # -- helpers ------------------------------------------------------------------------------------------------
     def lookup_map(self, indices: Tensor, size: tuple[int, int]) -> Tensor:
         """Code vectors of one scale's indices ``(b, h*w)`` as a map ``(b, code_dim, h, w)``."""
@@ -106,6 +123,7 @@ class MultiScaleResidualQuantizer(nn.Module):
         return codes.transpose(1, 2).reshape(codes.shape[0], self.code_dim, size[0], size[1])
 
     def _check(self, latents: Tensor, scales: Scales) -> None:
+        self.vocabulary_sizes(len(scales))  # per-scale vocabularies must match the schedule
         if latents.ndim != 4 or latents.shape[1] != self.code_dim:
             raise ValueError(f"expected latents (b, {self.code_dim}, H, W), got {tuple(latents.shape)}")
         if tuple(latents.shape[-2:]) != scales.last:
@@ -170,7 +188,7 @@ class MultiScaleResidualQuantizer(nn.Module):
             last = len(scales) - 1
             for k, size in enumerate(scales.sizes):
                 inputs = self._downsample(residual, size, k == last)
-                codes, indices = self.quantize_map(inputs)
+                codes, indices = self.quantize_scale(inputs, k)
                 contribution = self._upsampled_contribution(codes, k, scales)
                 accumulated = accumulated + contribution
                 residual = residual - contribution.detach()
