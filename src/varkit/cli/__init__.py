@@ -74,15 +74,50 @@ def user_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+def precheck(config_name: str, argv: Sequence[str]) -> None:
+    """Compose the config as Hydra is about to and validate it — Hydra's own node included (its callbacks, launcher
+    and logging configuration run before any varkit code) — so a bad config is reported before Hydra creates the run
+    directory, also for ``--cfg job``. Composition errors are left to Hydra, which reports them itself."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from varkit.config import check_hydra_node, compose_for_check, validate_components
+
+    try:
+        args, _ = get_args_parser().parse_known_args(list(argv))
+    except SystemExit:
+        return
+    if args.help or args.hydra_help or args.info or args.shell_completion:
+        return
+    name = args.config_name or config_name
+    try:
+        cfg = compose_for_check(name, args.overrides, multirun=bool(args.multirun), config_dir=args.config_dir)
+    except (HydraException, OmegaConfBaseException):
+        return
+    check_hydra_node(cfg.get("hydra"))
+    if not args.multirun:  # per-job values are validated inside each job
+        from omegaconf import open_dict
+
+        with open_dict(cfg):
+            del cfg["hydra"]
+        validate_components(cfg)
+
+
 def run_hydra(command: str, config_name: str, task: Callable[[Any], Any], argv: Sequence[str]) -> int:
     """Run ``task(cfg)`` as a Hydra application over varkit's configs (overrides, --cfg, --multirun all work)."""
     import hydra
     from omegaconf import DictConfig
 
+    from varkit.cli.overrides import null_overrides
     from varkit.config import config_dir, register_resolvers, validate_components
 
     register_resolvers()
     errors = user_errors()
+    try:
+        precheck(config_name, null_overrides(argv))
+    except errors as err:
+        return fail(str(err))
     outcome: dict[str, int] = {"code": 0}
 
     def job(cfg: DictConfig) -> Any:
@@ -94,8 +129,6 @@ def run_hydra(command: str, config_name: str, task: Callable[[Any], Any], argv: 
             if len(argv) and any(a in ("-m", "--multirun") for a in argv):
                 raise
             return None
-
-    from varkit.cli.overrides import null_overrides
 
     app = hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(job)
     saved = sys.argv
