@@ -76,32 +76,45 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 def precheck(config_name: str, argv: Sequence[str]) -> None:
     """Compose the config as Hydra is about to and validate it — Hydra's own node included (its callbacks, launcher
-    and logging configuration run before any varkit code) — so a bad config is reported before Hydra creates the run
-    directory, also for ``--cfg job``. Composition errors are left to Hydra, which reports them itself."""
+    and logging configuration run before any varkit code) — so a bad config is reported as one sentence before
+    Hydra creates the run directory, also for ``--cfg job``. Raises :class:`~varkit.errors.ConfigError`."""
     from hydra._internal.utils import get_args_parser
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, OverrideParseException
+    from omegaconf import open_dict
     from omegaconf.errors import OmegaConfBaseException
 
     from varkit.config import check_hydra_node, compose_for_check, validate_components
+    from varkit.errors import ConfigError
 
     try:
         args, _ = get_args_parser().parse_known_args(list(argv))
     except SystemExit:
         return
-    if args.help or args.hydra_help or args.info or args.shell_completion:
+    if args.help or args.hydra_help or args.info or args.shell_completion or args.config_dir:
         return
-    name = args.config_name or config_name
     try:
-        cfg = compose_for_check(name, args.overrides, multirun=bool(args.multirun), config_dir=args.config_dir)
-    except (HydraException, OmegaConfBaseException):
-        return
+        cfg = compose_for_check(args.config_name or config_name, args.overrides, multirun=bool(args.multirun))
+    except OverrideParseException as err:
+        braces = [
+            o for o in args.overrides if "{" in o and ".." in o and not o.split("=", 1)[-1].startswith(("'", '"'))
+        ]
+        if braces:
+            key, _, value = braces[0].partition("=")
+            raise ConfigError(
+                f"the override {braces[0]!r} holds a brace pattern, which Hydra reads as a dictionary: quote the "
+                f"value, e.g. '{key}=\"{value}\"' (single quotes around the whole argument in the shell)"
+            ) from None
+        raise ConfigError(hydra_message(err)) from None
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(hydra_message(err)) from None
     check_hydra_node(cfg.get("hydra"))
     if not args.multirun:  # per-job values are validated inside each job
-        from omegaconf import open_dict
-
         with open_dict(cfg):
             del cfg["hydra"]
-        validate_components(cfg)
+        try:
+            validate_components(cfg)
+        except OmegaConfBaseException as err:
+            raise ConfigError(hydra_message(err)) from None
 
 
 def run_hydra(command: str, config_name: str, task: Callable[[Any], Any], argv: Sequence[str]) -> int:

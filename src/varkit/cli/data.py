@@ -98,7 +98,7 @@ def _tokenize(args: argparse.Namespace) -> int:
     import torch
 
     from varkit.checkpoint import from_pretrained
-    from varkit.data.tokens import write_token_shards
+    from varkit.data.tokens import tokenizer_identity, write_token_shards
     from varkit.models.vqvae import VQVAE
 
     model = from_pretrained(args.tokenizer, expect="vqvae", device=args.device)
@@ -117,6 +117,7 @@ def _tokenize(args: argparse.Namespace) -> int:
         max_count=args.max_count,
         device=torch.device(args.device),
         progress=not args.no_progress,
+        tokenizer=tokenizer_identity(model, args.tokenizer),
     )
     skipped = summary.pop("skipped")
     print(f"wrote {summary['samples']} token pyramids ({summary['dtype']}) to {args.output}")

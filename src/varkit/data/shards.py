@@ -8,6 +8,7 @@ bytes — shards can be checksummed and cached.
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import logging
@@ -96,24 +97,56 @@ class ShardWriter:
         self.close()
 
 
-def expand_urls(urls: str | Path | Sequence[str | Path]) -> list[str]:
-    """Turn a shard specification into a list of URLs.
+def _is_remote(url: str) -> bool:
+    return url.startswith("pipe:") or ("://" in url and not url.startswith("file://"))
 
-    Accepts a brace pattern (``data/shard-{000000..000009}.tar``), a directory (all ``*.tar`` inside, sorted), a
-    single path, a ``pipe:`` command, ``::``-separated combinations of these, or a list of any of them (each
-    element expanded; webdataset itself does not expand braces inside lists).
+
+def expand_urls(urls: str | Path | Sequence[str | Path]) -> list[str]:
+    """Turn a shard specification into a list of URLs, every local one an existing file.
+
+    Accepts a brace pattern (``data/shard-{000000..000009}.tar``), a glob (``data/shard-*.tar``), a directory (all
+    ``*.tar`` inside, sorted), a single path, a ``pipe:`` command or remote URL (passed through), ``::``-separated
+    combinations of these, or a list of any of them (each element expanded; webdataset itself does not expand
+    braces inside lists). A local pattern matching no file, a missing file or a folder without shards is a
+    :class:`~varkit.errors.DataSetupError` naming it: a reader given no data would otherwise wait for samples that
+    never come.
     """
     from webdataset.shardlists import expand_urls as expand_braces
 
+    from varkit.errors import DataSetupError
+
     if isinstance(urls, (str, Path)):
         urls = [str(urls)]
+    if not isinstance(urls, Sequence) or isinstance(urls, (bytes, bytearray)):
+        raise DataSetupError(f"shard URLs must be a path, a pattern or a list of them, got {urls!r}")
     result: list[str] = []
     for spec in urls:
-        for url in expand_braces(str(spec)):
-            if not url.startswith("pipe:") and os.path.isdir(url):
-                result.extend(sorted(str(p) for p in Path(url).glob("*.tar")))
-            else:
+        if not isinstance(spec, (str, Path)):
+            raise DataSetupError(f"shard URLs must be strings, got {spec!r} in {urls!r}")
+        expanded = expand_braces(str(spec))
+        missing: list[str] = []
+        for url in expanded:
+            if _is_remote(url):
                 result.append(url)
+                continue
+            local = url.removeprefix("file://")
+            if os.path.isdir(local):
+                found = sorted(str(p) for p in Path(local).glob("*.tar"))
+                if not found:
+                    raise DataSetupError(f"the shard folder {local} holds no .tar shards")
+                result.extend(found)
+            elif glob.has_magic(local):
+                found = sorted(p for p in glob.glob(local) if os.path.isfile(p))
+                if not found:
+                    raise DataSetupError(f"the shard pattern {local!r} matches no file")
+                result.extend(found)
+            elif os.path.isfile(local):
+                result.append(local)
+            else:
+                missing.append(local)
+        if missing:
+            more = f" (and {len(missing) - 1} more of the {len(expanded)} it names)" if len(missing) > 1 else ""
+            raise DataSetupError(f"the shard {missing[0]} does not exist{more}; check the path or pattern {spec!s}")
     return result
 
 

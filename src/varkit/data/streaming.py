@@ -43,6 +43,8 @@ __all__ = ["ShardStream", "SkipSample", "StreamLoader", "resolve_topology", "sta
 logger = logging.getLogger(__name__)
 
 Urls = str | Path | Sequence[str | Path]
+#: skips below this count never stop a run (a few bad samples in a small shard are not a broken data set)
+MIN_SKIPS_TO_STOP = 16
 Decoder = Callable[[dict[str, Any], np.random.Generator], tuple[Any, int]]
 
 
@@ -228,6 +230,11 @@ class StreamLoader:
         rewind: start every iteration from the beginning of the stream (validation: a run cut short by
             ``limit_val_batches`` must not make the next validation run see different samples, or metrics logged
             at different steps would not be comparable). Training streams continue where they stopped.
+        max_skipped_fraction: stop with a :class:`DataSetupError` once more than this fraction of the samples read
+            had to be skipped (counted from :data:`MIN_SKIPS_TO_STOP` skips on; ``None``: never stop).
+
+    A pass that yields no batch at all (every shard unreadable, every sample skipped, fewer samples than one
+    batch) is a :class:`DataSetupError` too: Lightning would otherwise start epoch after empty epoch forever.
     """
 
     def __init__(
@@ -239,8 +246,12 @@ class StreamLoader:
         prefetched_batches: int | None = None,
         pin_memory: bool = False,
         rewind: bool = False,
+        max_skipped_fraction: float | None = 0.1,
     ) -> None:
         dataset.check_readers(num_workers)
+        if max_skipped_fraction is not None and not 0.0 <= max_skipped_fraction <= 1.0:
+            raise DataSetupError(f"max_skipped_fraction={max_skipped_fraction!r} must lie in [0, 1] (or be null)")
+        self.max_skipped_fraction = max_skipped_fraction
         if dataset.resampled and not batches_per_epoch:
             raise DataSetupError("a resampled stream is infinite: give batches_per_epoch (the epoch length)")
         # not called ``dataset``: Lightning inspects ``loader.dataset`` and would warn about IterableDataset lengths
@@ -295,17 +306,41 @@ class StreamLoader:
             pin_memory=self.pin_memory,
             persistent_workers=False,
         )
+        fresh = not any(self._positions.values())
+        produced = 0
         for inputs, labels, meta in loader:
             self.skip_stats.add(meta["skipped"])
             self._positions[meta["worker"]] = meta["position"]
+            self._check_skips()
             if inputs is None:
                 continue
             self._batches += 1
+            produced += 1
             self._history.append(self._snapshot())
             yield inputs, labels
             if self.batches_per_epoch and self._batches >= self.batches_per_epoch:
                 break
+        if fresh and not produced:
+            stats = self.skip_stats
+            raise DataSetupError(
+                f"a full pass over the {len(self.stream.urls)} shard(s) starting with {self.stream.urls[0]} gave no "
+                f"batch of {self.stream.batch_size} samples ({sum(self._positions.values())} samples read; skipped: "
+                f"{stats.corrupt} corrupt, {stats.missing_keys} incomplete, {stats.shard_errors} unreadable shard(s))"
+            )
         self._epoch_finished = True
+
+    def _check_skips(self) -> None:
+        stats, limit = self.skip_stats, self.max_skipped_fraction
+        if limit is None or stats.total < MIN_SKIPS_TO_STOP:
+            return
+        read = stats.total + self._batches * self.stream.batch_size
+        if stats.total > limit * read:
+            examples = "; ".join(stats.examples[:3])
+            raise DataSetupError(
+                f"{stats.total} of the last ~{read} samples had to be skipped ({stats.corrupt} corrupt, "
+                f"{stats.missing_keys} incomplete; {stats.shard_errors} unreadable shard(s)), more than "
+                f"data.max_skipped_fraction={limit}: fix the shards or raise the limit (e.g. {examples})"
+            )
 
     def state_dict(self) -> dict:
         """Position after the last batch the consumer has *used* (prefetched batches are excluded)."""

@@ -9,7 +9,10 @@ transformer stage into integer reads. Each sample ``KEY`` of a token shard holds
   dtype ``uint16`` when the codebook has ≤ 65536 entries, else ``int32``;
 * ``KEY.cls``: the class index as ASCII digits;
 
-and ``tokens.json`` beside the shards records the scales, codebook size, image size and flip flag. Images are
+and ``tokens.json`` beside the shards records the scales, codebook size, image size, flip flag and the identity of
+the tokenizer that wrote them (:func:`tokenizer_identity`: scales, vocabulary, SHA-256 of its weights), which the
+transformer stage checks against its tokenizer (:func:`check_token_info`): tokens of another tokenizer would
+train silently on meaningless codes. Images are
 tokenised after the evaluation transform (resize shorter side, center crop), so token shards equal
 ``tokenize(images)`` on exactly the images the image stage would produce.
 """
@@ -34,11 +37,70 @@ from varkit.data.streaming import SkipSample, Urls, stack_collate
 from varkit.data.transforms import ImageTransform
 from varkit.errors import DataSetupError
 
-__all__ = ["ScaleSplitCollate", "TokenSampleDecoder", "read_token_info", "split_scales", "write_token_shards"]
+__all__ = [
+    "ScaleSplitCollate",
+    "TokenSampleDecoder",
+    "check_token_info",
+    "read_token_info",
+    "split_scales",
+    "tokenizer_identity",
+    "write_token_shards",
+]
 
 logger = logging.getLogger(__name__)
 
 Tokenize = Callable[[torch.Tensor], Sequence[torch.Tensor]]
+
+
+def tokenizer_identity(tokenizer: torch.nn.Module, directory: str | Path) -> dict[str, Any]:
+    """What identifies a loaded tokenizer: ``scales``, ``codebook_size``, ``code_dim`` and ``weights_sha256`` (of
+    the ``model.safetensors`` in its ``directory``)."""
+    import hashlib
+
+    from varkit.checkpoint.io import WEIGHTS_FILE
+    from varkit.checkpoint.tokenizer_source import resolve_tokenizer_dir
+    from varkit.models.factory import tokenizer_facts
+
+    digest = hashlib.sha256()
+    with (resolve_tokenizer_dir(directory) / WEIGHTS_FILE).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    facts = tokenizer_facts(tokenizer)
+    return {
+        "scales": [[int(h), int(w)] for h, w in facts["scales"]],
+        "codebook_size": facts["codebook_size"],
+        "code_dim": facts["code_dim"],
+        "weights_sha256": digest.hexdigest(),
+    }
+
+
+def check_token_info(
+    info: dict[str, Any], tokenizer: torch.nn.Module, tokenizer_dir: str | Path, *, where: str = "the token shards"
+) -> None:
+    """One sentence if token shards (their ``tokens.json`` content ``info``) were not written by this tokenizer."""
+    from varkit.errors import ConfigError
+
+    own = tokenizer_identity(tokenizer, tokenizer_dir)
+    scales = [list(map(int, s)) for s in info.get("scales", [])]
+    if scales != own["scales"]:
+        raise ConfigError(
+            f"{where} were written with scales {scales}, but the tokenizer at {tokenizer_dir} uses {own['scales']}: "
+            "re-run `varkit data tokenize` with it"
+        )
+    if int(info.get("codebook_size", -1)) != own["codebook_size"]:
+        raise ConfigError(
+            f"{where} hold indices of a {info.get('codebook_size')}-entry codebook, but the tokenizer at "
+            f"{tokenizer_dir} has {own['codebook_size']} entries: re-run `varkit data tokenize` with it"
+        )
+    written_by = (info.get("tokenizer") or {}).get("weights_sha256")
+    if written_by is None:
+        logger.warning("%s record no tokenizer identity (written by an older varkit): not checked", where)
+    elif written_by != own["weights_sha256"]:
+        raise ConfigError(
+            f"{where} were written by another tokenizer (weights {written_by[:12]}…) than the one at "
+            f"{tokenizer_dir} ({own['weights_sha256'][:12]}…): re-run `varkit data tokenize` with it, or set "
+            "tokenizer.path to the tokenizer that wrote them"
+        )
 
 
 def token_dtype(codebook_size: int) -> np.dtype:
@@ -92,6 +154,7 @@ def write_token_shards(
     max_count: int = 10_000,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    tokenizer: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Tokenise image shards into token shards; returns the ``tokens.json`` content plus a skip summary.
 
@@ -104,7 +167,12 @@ def write_token_shards(
         codebook_size: number of codebook entries (chooses the on-disk dtype).
         scales: token-map sizes; inferred as squares from the token counts when omitted.
         flip: also store the tokens of the horizontally flipped image.
+        tokenizer: the tokenizer's :func:`tokenizer_identity`, recorded in ``tokens.json``.
+
+    Input that yields no readable image is a :class:`DataSetupError` (nothing is left behind).
     """
+    expand_urls(image_urls)  # a missing path or a pattern matching nothing fails before anything is written
+    created = not Path(out_dir).exists()
     transform = ImageTransform(image_size, train=False, mid_reso=mid_reso)
     dtype = token_dtype(codebook_size)
     stats = SkipStats()
@@ -148,8 +216,14 @@ def write_token_shards(
         if keys:
             flush(writer, keys, images, labels)
         written = writer.samples_written
-    if scales is None:
-        raise ValueError(f"no readable images in {image_urls!r}")
+    if not written:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise DataSetupError(
+            f"no readable image in {image_urls!r} (skipped: {stats.corrupt} corrupt, {stats.missing_keys} "
+            f"incomplete, {stats.shard_errors} unreadable shard(s)); nothing was written"
+        )
+    assert scales is not None
     info = {
         "scales": [list(s) for s in scales],
         "codebook_size": codebook_size,
@@ -158,6 +232,7 @@ def write_token_shards(
         "mid_reso": mid_reso,
         "flip": flip,
         "samples": written,
+        **({"tokenizer": tokenizer} if tokenizer is not None else {}),
     }
     (out_dir / "tokens.json").write_text(json.dumps(info, indent=1) + "\n")
     return {**info, "skipped": stats.state_dict()}
@@ -169,7 +244,14 @@ def read_token_info(path: str | Path) -> dict[str, Any]:
     file = path / "tokens.json" if path.is_dir() else path
     if not file.is_file():
         raise DataSetupError(f"{file} does not exist: write token shards with `varkit data tokenize` first")
-    return json.loads(file.read_text())
+    try:
+        info = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise DataSetupError(f"{file} is not readable JSON ({err})") from None
+    scales = info.get("scales") if isinstance(info, dict) else None
+    if not isinstance(scales, list) or not all(isinstance(s, list) and len(s) == 2 for s in scales):
+        raise DataSetupError(f"{file} has no valid 'scales' list: rewrite it with `varkit data tokenize`")
+    return info
 
 
 def split_scales(indices: torch.Tensor, scales: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
@@ -180,9 +262,10 @@ def split_scales(indices: torch.Tensor, scales: Sequence[tuple[int, int]]) -> li
 class TokenSampleDecoder:
     """``(sample, rng) -> (indices int64 (L,), label)``; picks the flipped row with probability 1/2 if ``hflip``."""
 
-    def __init__(self, total_tokens: int, *, hflip: bool) -> None:
+    def __init__(self, total_tokens: int, *, hflip: bool, codebook_size: int | None = None) -> None:
         self.total_tokens = total_tokens
         self.hflip = hflip
+        self.codebook_size = codebook_size
 
     def __call__(self, sample: dict[str, Any], rng: np.random.Generator) -> tuple[torch.Tensor, int]:
         label = decode_label(sample)
@@ -193,6 +276,9 @@ class TokenSampleDecoder:
             array = array[1] if self.hflip and rng.random() < 0.5 else array[0]
         if array.shape != (self.total_tokens,):
             raise ValueError(f"expected {self.total_tokens} tokens, got shape {array.shape}")
+        if self.codebook_size is not None and array.size and int(array.max()) >= self.codebook_size:
+            # an index past the codebook would be an IndexError deep inside the embedding
+            raise SkipSample("corrupt", f"token index {int(array.max())} outside the {self.codebook_size}-code book")
         return torch.from_numpy(array.astype(np.int64)), label
 
 
