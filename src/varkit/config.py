@@ -22,6 +22,7 @@ from varkit.contracts import InvalidScalesError, Scales
 from varkit.errors import ConfigError
 from varkit.registry import REGISTRIES, SCALE_SCHEDULES, UnknownComponentError
 from varkit.targets import allow_target, check_target, resolve_target
+from varkit.validation import validate_runtime, validate_values
 
 __all__ = [
     "ConfigError",
@@ -36,6 +37,7 @@ __all__ = [
     "safe_instantiate",
     "to_plain",
     "validate_components",
+    "validate_for_run",
 ]
 
 log = logging.getLogger(__name__)
@@ -260,3 +262,13 @@ def validate_components(cfg: DictConfig | Mapping[str, Any]) -> None:
     except (UnknownComponentError, InvalidScalesError, TypeError) as err:
         raise ConfigError(str(err)) from None
     check_targets(plain)
+    if isinstance(plain, Mapping):
+        validate_values(plain)
+
+
+def validate_for_run(cfg: DictConfig | Mapping[str, Any]) -> None:
+    """:func:`validate_components` plus what a run on this machine needs (devices present, outputs writable)."""
+    validate_components(cfg)
+    plain = to_plain(cfg)
+    if isinstance(plain, Mapping):
+        validate_runtime(plain)

@@ -83,7 +83,7 @@ def precheck(config_name: str, argv: Sequence[str]) -> None:
     from omegaconf import open_dict
     from omegaconf.errors import OmegaConfBaseException
 
-    from varkit.config import check_hydra_node, compose_for_check, validate_components
+    from varkit.config import check_hydra_node, compose_for_check, validate_components, validate_for_run
     from varkit.errors import ConfigError
 
     try:
@@ -108,11 +108,21 @@ def precheck(config_name: str, argv: Sequence[str]) -> None:
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(hydra_message(err)) from None
     check_hydra_node(cfg.get("hydra"))
+    if not args.multirun and not args.cfg:  # the run directory Hydra is about to create
+        from omegaconf import OmegaConf
+
+        from varkit.validation import check_output_dir
+
+        try:
+            run_dir = OmegaConf.select(cfg, "hydra.run.dir")
+        except OmegaConfBaseException:
+            run_dir = None
+        check_output_dir("hydra.run.dir", run_dir)
     if not args.multirun:  # per-job values are validated inside each job
         with open_dict(cfg):
             del cfg["hydra"]
         try:
-            validate_components(cfg)
+            (validate_components if args.cfg else validate_for_run)(cfg)
         except OmegaConfBaseException as err:
             raise ConfigError(hydra_message(err)) from None
 
@@ -123,7 +133,7 @@ def run_hydra(command: str, config_name: str, task: Callable[[Any], Any], argv: 
     from omegaconf import DictConfig
 
     from varkit.cli.overrides import null_overrides
-    from varkit.config import config_dir, register_resolvers, validate_components
+    from varkit.config import config_dir, register_resolvers, validate_for_run
 
     register_resolvers()
     errors = user_errors()
@@ -135,7 +145,7 @@ def run_hydra(command: str, config_name: str, task: Callable[[Any], Any], argv: 
 
     def job(cfg: DictConfig) -> Any:
         try:
-            validate_components(cfg)
+            validate_for_run(cfg)
             return task(cfg)
         except errors as err:
             outcome["code"] = fail(str(err))
