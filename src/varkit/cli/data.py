@@ -124,7 +124,10 @@ def _tokenize(args: argparse.Namespace) -> int:
     print(json.dumps(summary))
     total = skipped["corrupt"] + skipped["missing_keys"]
     if total or skipped["shard_errors"]:
-        print(f"skipped {total} samples, {skipped['shard_errors']} shard read errors: {skipped['examples']}")
+        print(
+            f"skipped {total} samples; {skipped['shard_errors']} damaged shard(s) lost {skipped.get('lost', 0)} more "
+            f"(counted from shards.json): {skipped['examples']}"
+        )
     return 0
 
 

@@ -33,12 +33,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from varkit.data.shards import expand_urls
+from varkit.data.shards import expand_urls, indexed_samples, truncation
 from varkit.data.stats import SkipStats
 from varkit.errors import DataSetupError
 from varkit.rng import mix_seed
 
-__all__ = ["ShardStream", "SkipSample", "StreamLoader", "resolve_topology", "stack_collate"]
+__all__ = ["ShardStream", "SkipSample", "StreamLoader", "resolve_topology", "stack_collate", "watch_shards"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,56 @@ def resolve_topology(rank: int | None, world_size: int | None) -> tuple[int, int
 def stack_collate(items: list[torch.Tensor]) -> torch.Tensor:
     """Stack CPU tensors into a batch (numpy's single-threaded copy: torch's threaded one stalls on busy CPUs)."""
     return torch.from_numpy(np.stack([item.numpy() for item in items]))
+
+
+def watch_shards(samples: Iterator[dict], stats: SkipStats, opened: Sequence[str] = ()) -> Iterator[dict]:
+    """Pass raw samples through, checking each shard when the stream leaves it: a shard that does not end like a
+    complete tar, or holds fewer samples than its folder index lists, is counted (``shard_errors``, and ``lost``
+    when the index says how many samples are gone) and logged with the count — tar readers stop silently at a
+    cut on a header boundary, and mid-member they lose the rest of the shard with one read error.
+
+    ``opened``: the URLs in the order the reader opened them (a list the shard source appends to), so that shards
+    that yielded no sample at all are checked too.
+    """
+    counts: dict[str, int] = {}
+    done = 0
+    errors_before = stats.shard_errors
+
+    def finish(url: str) -> None:
+        nonlocal errors_before
+        count = counts.pop(url, 0)
+        problem = truncation(url)
+        expected = indexed_samples(url)
+        lost = max(expected - count, 0) if expected is not None else 0
+        if problem is not None or lost:
+            if stats.shard_errors == errors_before:  # the tar reader may have reported this shard already
+                stats.record("shard_errors", url)
+            stats.lost += lost
+            how_many = (
+                f"{lost} of its {expected} samples were lost"
+                if expected is not None
+                else "the samples after the cut are lost (no shards.json index to count them)"
+            )
+            logger.warning("shard %s is %s: %s", url, problem or "incomplete", how_many)
+        errors_before = stats.shard_errors
+
+    current: str | None = None
+    for sample in samples:
+        url = sample.get("__url__")
+        if url != current:
+            if current is not None:
+                finish(current)
+            while done < len(opened) and opened[done] != url:  # opened since, but gave no sample
+                finish(opened[done])
+                done += 1
+            done += 1  # this shard's own entry
+            current = url
+        counts[url] = counts.get(url, 0) + 1
+        yield sample
+    if current is not None:
+        finish(current)
+    for url in opened[done:]:
+        finish(url)
 
 
 def _shuffled(samples: Iterator[dict], buffer_size: int, rng: random.Random) -> Iterator[dict]:
@@ -171,11 +221,15 @@ class ShardStream(IterableDataset):
             logger.warning("shard read error, continuing with the next shard: %s", str(error)[:300])
             return True
 
-        samples: Iterator[dict] = iter(
-            wds.DataPipeline(
-                lambda: self._shard_sources(worker, num_workers),
-                wds.tarfile_to_samples(handler=on_shard_error),
-            )
+        opened: list[str] = []
+
+        def sources() -> Iterator[dict[str, str]]:
+            for source in self._shard_sources(worker, num_workers):
+                opened.append(source["url"])
+                yield source
+
+        samples: Iterator[dict] = watch_shards(
+            iter(wds.DataPipeline(sources, wds.tarfile_to_samples(handler=on_shard_error))), pending, opened
         )
         if self.shuffle_buffer > 1:
             samples = _shuffled(samples, self.shuffle_buffer, random.Random(mix_seed(self.seed, self.epoch, reader, 2)))
@@ -331,14 +385,16 @@ class StreamLoader:
 
     def _check_skips(self) -> None:
         stats, limit = self.skip_stats, self.max_skipped_fraction
-        if limit is None or stats.total < MIN_SKIPS_TO_STOP:
+        skipped = stats.total + stats.lost
+        if limit is None or skipped < MIN_SKIPS_TO_STOP:
             return
-        read = stats.total + self._batches * self.stream.batch_size
-        if stats.total > limit * read:
+        read = skipped + self._batches * self.stream.batch_size
+        if skipped > limit * read:
             examples = "; ".join(stats.examples[:3])
             raise DataSetupError(
-                f"{stats.total} of the last ~{read} samples had to be skipped ({stats.corrupt} corrupt, "
-                f"{stats.missing_keys} incomplete; {stats.shard_errors} unreadable shard(s)), more than "
+                f"{skipped} of the last ~{read} samples were skipped or lost ({stats.corrupt} corrupt, "
+                f"{stats.missing_keys} incomplete, {stats.lost} lost in {stats.shard_errors} damaged shard(s)), "
+                f"more than "
                 f"data.max_skipped_fraction={limit}: fix the shards or raise the limit (e.g. {examples})"
             )
 

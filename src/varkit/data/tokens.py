@@ -33,7 +33,7 @@ import torch
 from varkit.data.images import decode_image, decode_label
 from varkit.data.shards import ShardWriter, expand_urls
 from varkit.data.stats import SkipStats
-from varkit.data.streaming import SkipSample, Urls, stack_collate
+from varkit.data.streaming import SkipSample, Urls, stack_collate, watch_shards
 from varkit.data.transforms import ImageTransform
 from varkit.errors import DataSetupError
 
@@ -123,9 +123,15 @@ def _iter_image_samples(urls: Urls, transform: ImageTransform, stats: SkipStats)
         logger.warning("shard read error, continuing: %s", str(error)[:300])
         return True
 
-    sources = ({"url": url} for url in expand_urls(urls))
+    opened: list[str] = []
+
+    def sources():
+        for url in expand_urls(urls):
+            opened.append(url)
+            yield {"url": url}
+
     rng = np.random.default_rng(0)  # the evaluation transform draws nothing; kept for the common signature
-    for sample in wds.tarfile_to_samples(handler=on_error)(sources):
+    for sample in watch_shards(wds.tarfile_to_samples(handler=on_error)(sources()), stats, opened):
         key = sample["__key__"]
         try:
             label = decode_label(sample)
