@@ -19,7 +19,7 @@ import torch
 
 from varkit.errors import ConfigError, UnsafeCheckpointError
 
-__all__ = ["load_torch_file", "refusal"]
+__all__ = ["is_refusal", "load_torch_file", "refusal"]
 
 
 def refusal(path: str | Path, what: str = "checkpoint") -> UnsafeCheckpointError:
@@ -28,6 +28,13 @@ def refusal(path: str | Path, what: str = "checkpoint") -> UnsafeCheckpointError
         f"the {what} {path} was refused: it holds pickled Python objects besides tensors and plain data (loading "
         "it could run code), and varkit only loads weights; re-save its state dict (plain tensors) and load that"
     )
+
+
+def is_refusal(error: BaseException) -> bool:
+    """Whether a ``weights_only`` load failed on a Python object it will not build (versus bytes that are no
+    pickle at all, which torch reports through the same exception type)."""
+    text = str(error)
+    return "GLOBAL" in text or "Unsupported global" in text or "blocked" in text or "REDUCE" in text
 
 
 def load_torch_file(path: str | Path, *, what: str = "checkpoint", map_location: Any = "cpu") -> Any:
@@ -40,7 +47,7 @@ def load_torch_file(path: str | Path, *, what: str = "checkpoint", map_location:
     try:
         return torch.load(str(path), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower() or "weights_only" in str(err):
+        if is_refusal(err):
             raise refusal(path, what) from None
         raise ConfigError(f"the {what} {path} is not a torch.save file (it cannot be unpickled)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:

@@ -186,6 +186,31 @@ OUTPUT_DIR_KEYS: tuple[str, ...] = (
 )
 
 
+#: keys naming inputs that must exist when given (``null``: not used)
+INPUT_KEYS: dict[str, str] = {
+    "model_dir": "dir",
+    "tokenizer_dir": "dir",
+    "source": "file",
+    "mask": "file",
+    "checkpoint.var": "dir",
+    "checkpoint.vqvae": "dir",
+    "export.classes": "file",
+}
+
+
+def check_input(key: str, value: Any, kind: str) -> None:
+    """An input path given in ``key`` exists (a ``dir`` or a ``file``)."""
+    if not isinstance(value, (str, Path)) or "://" in str(value):
+        return
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise ConfigError(f"{key}={str(value)!r} does not exist")
+    if kind == "dir" and not path.is_dir():
+        raise ConfigError(f"{key}={str(value)!r} is a file; expected a directory")
+    if kind == "file" and not path.is_file():
+        raise ConfigError(f"{key}={str(value)!r} is a directory; expected a file")
+
+
 def _lookup(cfg: Mapping[str, Any], key: str) -> Any:
     node: Any = cfg
     for part in key.split("."):
@@ -264,6 +289,18 @@ def validate_runtime(cfg: Mapping[str, Any]) -> None:
         value = _lookup(cfg, key)
         if value is not _MISSING:
             check_output_dir(key, value)
+    for key, kind in INPUT_KEYS.items():
+        value = _lookup(cfg, key)
+        if value is not _MISSING and not isinstance(value, Mapping):
+            check_input(key, value, kind)
+    tokenizer_path = _lookup(cfg, "tokenizer.path")  # the transformer stage's frozen tokenizer
+    if isinstance(tokenizer_path, str):
+        from varkit.checkpoint.tokenizer_source import resolve_tokenizer_dir
+
+        try:
+            resolve_tokenizer_dir(tokenizer_path)
+        except ValueError as err:
+            raise ConfigError(f"tokenizer.path={tokenizer_path!r}: {err}") from None
     for key in ("data.train_urls", "data.val_urls"):
         value = _lookup(cfg, key)
         if value is not _MISSING and value is not None:

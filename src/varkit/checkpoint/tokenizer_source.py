@@ -37,16 +37,26 @@ def resolve_tokenizer_dir(path: str | Path) -> Path:
     candidates = [root, root / "tokenizer", root / "vqvae"]
     for candidate in candidates:
         config = candidate / CONFIG_FILE
-        if config.is_file() and json.loads(config.read_text()).get("kind") == "vqvae":
+        if config.is_file() and _json(config).get("kind") == "vqvae":
             return candidate
     reference = root / TOKENIZER_REFERENCE_FILE
     if reference.is_file():
-        return resolve_tokenizer_dir(_referenced_path(root, json.loads(reference.read_text())))
+        return resolve_tokenizer_dir(_referenced_path(root, _json(reference)))
     raise ConfigError(
         f"no tokenizer found at {root}: expected a directory with a config.json of kind 'vqvae' (the "
         "<run>/tokenizer/ export of `varkit train-tokenizer`, or `varkit convert` output); train one first or set "
         "tokenizer.path"
     )
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path} is not readable JSON ({err})") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path} does not hold a JSON object")
+    return document
 
 
 def _referenced_path(base: Path, reference: Mapping[str, Any]) -> Path:

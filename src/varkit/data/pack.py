@@ -174,6 +174,8 @@ def pack_images(
     source = Path(source)
     if not source.is_dir():
         raise ValueError(f"{source} is not a folder")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ValueError(f"cannot write shards to {out_dir}: it is a file")
     jobs, classes = _collect(source, Path(labels_file) if labels_file is not None else None)
     if not jobs:
         raise ValueError(f"no image files found in {source}")

@@ -67,7 +67,7 @@ def tokenizer_identity(tokenizer: torch.nn.Module, directory: str | Path) -> dic
             digest.update(block)
     facts = tokenizer_facts(tokenizer)
     return {
-        "scales": [[int(h), int(w)] for h, w in facts["scales"]],
+        "scales": [[int(h), int(w)] for h, w in tokenizer.scales.sizes],  # type: ignore[union-attr]
         "codebook_size": facts["codebook_size"],
         "code_dim": facts["code_dim"],
         "weights_sha256": digest.hexdigest(),

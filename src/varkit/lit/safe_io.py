@@ -15,7 +15,7 @@ from typing import Any
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from varkit.errors import ConfigError
-from varkit.safe_load import refusal
+from varkit.safe_load import is_refusal, refusal
 
 __all__ = ["SafeCheckpointIO", "safe_checkpoint_load"]
 
@@ -26,7 +26,7 @@ def safe_checkpoint_load(load: Callable[..., dict[str, Any]], path: Any, *args: 
     try:
         return load(path, *args, **kwargs)
     except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower():
+        if is_refusal(err):
             raise refusal(path, "checkpoint to resume from") from None
         raise ConfigError(f"the checkpoint to resume from {path} is not a torch checkpoint") from None
     except (RuntimeError, EOFError) as err:
