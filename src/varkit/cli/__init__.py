@@ -12,6 +12,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -90,10 +91,15 @@ def precheck(config_name: str, argv: Sequence[str]) -> None:
         args, _ = get_args_parser().parse_known_args(list(argv))
     except SystemExit:
         return
-    if args.help or args.hydra_help or args.info or args.shell_completion or args.config_dir:
+    if args.help or args.hydra_help or args.info or args.shell_completion:
         return
+    overrides = list(args.overrides)
+    if args.config_dir:  # as Hydra does for --config-dir: one more (first) search path entry
+        if any(o.lstrip("+~").startswith("hydra.searchpath") for o in overrides):
+            return  # both: Hydra merges them its own way; the job-level checks still run
+        overrides.append(f"hydra.searchpath=[file://{Path(args.config_dir).resolve()}]")
     try:
-        cfg = compose_for_check(args.config_name or config_name, args.overrides, multirun=bool(args.multirun))
+        cfg = compose_for_check(args.config_name or config_name, overrides, multirun=bool(args.multirun))
     except OverrideParseException as err:
         braces = [
             o for o in args.overrides if "{" in o and ".." in o and not o.split("=", 1)[-1].startswith(("'", '"'))
