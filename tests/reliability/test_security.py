@@ -98,11 +98,17 @@ def test_allow_list_checks_the_resolved_object() -> None:
     with pytest.raises(ConfigError, match="has no class"):
         resolve_target("lightning.pytorch.callbacks.NoSuchCallback")
     # a plugin extends the list explicitly, with the object (identity recorded) or its name
-    name = allow_target(json.JSONDecoder)
-    assert name == "json.decoder.JSONDecoder" and resolve_target(name) is json.JSONDecoder
-    allow_target("os.path.join")
-    with pytest.raises(ConfigError, match="not an object defined in os.path"):
-        resolve_target("os.path.join")  # os.path.join lives in posixpath: the name lies about where it comes from
+    from varkit import targets
+
+    try:
+        name = allow_target(json.JSONDecoder)
+        assert name == "json.decoder.JSONDecoder" and resolve_target(name) is json.JSONDecoder
+        allow_target("os.path.join")
+        with pytest.raises(ConfigError, match=r"not an object defined in os\.path"):
+            resolve_target("os.path.join")  # os.path.join lives in posixpath: the name lies about where it is from
+    finally:
+        targets._PLUGIN_TARGETS.pop("json.decoder.JSONDecoder", None)
+        targets._PLUGIN_TARGETS.pop("os.path.join", None)
 
 
 def test_safe_instantiate_refuses_before_importing(tmp_path: Path) -> None:
