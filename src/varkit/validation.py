@@ -274,6 +274,36 @@ def check_output_dir(key: str, value: Any) -> None:
         raise ConfigError(f"{key}={str(value)!r} is not writable ({probe}: {err.strerror})") from None
 
 
+def _check_token_shards_tokenizer(cfg: Mapping[str, Any], tokenizer_path: str) -> None:
+    """Token shards whose ``tokens.json`` names the tokenizer that wrote them must name this one (the scales and
+    vocabulary are compared again, with the loaded tokenizer, when training is built)."""
+    from varkit.data.shards import expand_urls
+    from varkit.data.tokens import read_token_info, weights_digest
+
+    data = _lookup(cfg, "data")
+    if not isinstance(data, Mapping) or not str(data.get("_target_", "")).endswith("TokenDataModule"):
+        return
+    info = data.get("token_info")
+    if not isinstance(info, Mapping):
+        urls = data.get("train_urls") or data.get("val_urls")
+        if info is None and urls:
+            local = [u for u in expand_urls(urls) if "://" not in u and not u.startswith("pipe:")]
+            if not local:
+                return
+            info = read_token_info(Path(local[0]).parent)
+        elif isinstance(info, str):
+            info = read_token_info(info)
+        else:
+            return
+    written_by = (info.get("tokenizer") or {}).get("weights_sha256")
+    if written_by and written_by != weights_digest(tokenizer_path):
+        raise ConfigError(
+            f"the token shards of data.train_urls were written by another tokenizer (weights {written_by[:12]}…) than "
+            f"tokenizer.path={tokenizer_path!r}: re-run `varkit data tokenize` with it, or point tokenizer.path at the "
+            "tokenizer that wrote them"
+        )
+
+
 def validate_values(cfg: Mapping[str, Any]) -> None:
     """The static checks of a resolved plain config: types and ranges (also for ``varkit config``)."""
     check_numbers(cfg)
@@ -301,6 +331,7 @@ def validate_runtime(cfg: Mapping[str, Any]) -> None:
             resolve_tokenizer_dir(tokenizer_path)
         except ValueError as err:
             raise ConfigError(f"tokenizer.path={tokenizer_path!r}: {err}") from None
+        _check_token_shards_tokenizer(cfg, tokenizer_path)
     for key in ("data.train_urls", "data.val_urls"):
         value = _lookup(cfg, key)
         if value is not _MISSING and value is not None:

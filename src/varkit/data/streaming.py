@@ -70,27 +70,31 @@ def stack_collate(items: list[torch.Tensor]) -> torch.Tensor:
     return torch.from_numpy(np.stack([item.numpy() for item in items]))
 
 
-def watch_shards(samples: Iterator[dict], stats: SkipStats, opened: Sequence[str] = ()) -> Iterator[dict]:
+def watch_shards(
+    samples: Iterator[dict], stats: SkipStats, opened: Sequence[str] = (), reader_errors: Sequence[str] = ()
+) -> Iterator[dict]:
     """Pass raw samples through, checking each shard when the stream leaves it: a shard that does not end like a
     complete tar, or holds fewer samples than its folder index lists, is counted (``shard_errors``, and ``lost``
     when the index says how many samples are gone) and logged with the count — tar readers stop silently at a
     cut on a header boundary, and mid-member they lose the rest of the shard with one read error.
 
     ``opened``: the URLs in the order the reader opened them (a list the shard source appends to), so that shards
-    that yielded no sample at all are checked too.
+    that yielded no sample at all are checked too. ``reader_errors``: the URLs (``opened[-1]`` at the time) the tar
+    reader's error handler reported (and counted in ``stats`` itself), so a damaged shard is counted once.
     """
     counts: dict[str, int] = {}
     done = 0
-    errors_before = stats.shard_errors
+    reported = reader_errors if isinstance(reader_errors, list) else list(reader_errors)
 
     def finish(url: str) -> None:
-        nonlocal errors_before
         count = counts.pop(url, 0)
         problem = truncation(url)
         expected = indexed_samples(url)
         lost = max(expected - count, 0) if expected is not None else 0
         if problem is not None or lost:
-            if stats.shard_errors == errors_before:  # the tar reader may have reported this shard already
+            if url in reported:  # the tar reader reported (and counted) this shard already
+                reported.remove(url)
+            else:
                 stats.record("shard_errors", url)
             stats.lost += lost
             how_many = (
@@ -99,7 +103,6 @@ def watch_shards(samples: Iterator[dict], stats: SkipStats, opened: Sequence[str
                 else "the samples after the cut are lost (no shards.json index to count them)"
             )
             logger.warning("shard %s is %s: %s", url, problem or "incomplete", how_many)
-        errors_before = stats.shard_errors
 
     current: str | None = None
     for sample in samples:
@@ -216,7 +219,15 @@ class ShardStream(IterableDataset):
         reader = self.rank * num_workers + worker
         pending = SkipStats()
 
+        reader_errors: list[str] = []
+        errored: set[int] = set()
+
         def on_shard_error(error: Exception) -> bool:
+            # webdataset reports one broken tar twice (inner and outer iterator): count each opened shard once
+            if len(opened) in errored:
+                return True
+            errored.add(len(opened))
+            reader_errors.append(opened[-1] if opened else "?")
             pending.record("shard_errors", str(error)[:300])
             logger.warning("shard read error, continuing with the next shard: %s", str(error)[:300])
             return True
@@ -229,7 +240,10 @@ class ShardStream(IterableDataset):
                 yield source
 
         samples: Iterator[dict] = watch_shards(
-            iter(wds.DataPipeline(sources, wds.tarfile_to_samples(handler=on_shard_error))), pending, opened
+            iter(wds.DataPipeline(sources, wds.tarfile_to_samples(handler=on_shard_error))),
+            pending,
+            opened,
+            reader_errors,
         )
         if self.shuffle_buffer > 1:
             samples = _shuffled(samples, self.shuffle_buffer, random.Random(mix_seed(self.seed, self.epoch, reader, 2)))

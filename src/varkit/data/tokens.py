@@ -44,6 +44,7 @@ __all__ = [
     "read_token_info",
     "split_scales",
     "tokenizer_identity",
+    "weights_digest",
     "write_token_shards",
 ]
 
@@ -55,23 +56,29 @@ Tokenize = Callable[[torch.Tensor], Sequence[torch.Tensor]]
 def tokenizer_identity(tokenizer: torch.nn.Module, directory: str | Path) -> dict[str, Any]:
     """What identifies a loaded tokenizer: ``scales``, ``codebook_size``, ``code_dim`` and ``weights_sha256`` (of
     the ``model.safetensors`` in its ``directory``)."""
-    import hashlib
-
-    from varkit.checkpoint.io import WEIGHTS_FILE
-    from varkit.checkpoint.tokenizer_source import resolve_tokenizer_dir
     from varkit.models.factory import tokenizer_facts
 
-    digest = hashlib.sha256()
-    with (resolve_tokenizer_dir(directory) / WEIGHTS_FILE).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
     facts = tokenizer_facts(tokenizer)
     return {
         "scales": [[int(h), int(w)] for h, w in tokenizer.scales.sizes],  # type: ignore[union-attr]
         "codebook_size": facts["codebook_size"],
         "code_dim": facts["code_dim"],
-        "weights_sha256": digest.hexdigest(),
+        "weights_sha256": weights_digest(directory),
     }
+
+
+def weights_digest(directory: str | Path) -> str:
+    """SHA-256 of a tokenizer directory's ``model.safetensors`` (its identity in ``tokens.json``)."""
+    import hashlib
+
+    from varkit.checkpoint.io import WEIGHTS_FILE
+    from varkit.checkpoint.tokenizer_source import resolve_tokenizer_dir
+
+    digest = hashlib.sha256()
+    with (resolve_tokenizer_dir(directory) / WEIGHTS_FILE).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def check_token_info(
@@ -118,7 +125,15 @@ def _iter_image_samples(urls: Urls, transform: ImageTransform, stats: SkipStats)
     """``(key, image tensor, label)`` for every readable sample of ``urls`` in shard order (no shuffling)."""
     import webdataset as wds
 
+    reader_errors: list[str] = []
+    errored: set[int] = set()
+
     def on_error(error: Exception) -> bool:
+        # webdataset reports one broken tar twice (inner and outer iterator): count each opened shard once
+        if len(opened) in errored:
+            return True
+        errored.add(len(opened))
+        reader_errors.append(opened[-1] if opened else "?")
         stats.record("shard_errors", str(error)[:300])
         logger.warning("shard read error, continuing: %s", str(error)[:300])
         return True
@@ -131,7 +146,7 @@ def _iter_image_samples(urls: Urls, transform: ImageTransform, stats: SkipStats)
             yield {"url": url}
 
     rng = np.random.default_rng(0)  # the evaluation transform draws nothing; kept for the common signature
-    for sample in watch_shards(wds.tarfile_to_samples(handler=on_error)(sources()), stats, opened):
+    for sample in watch_shards(wds.tarfile_to_samples(handler=on_error)(sources()), stats, opened, reader_errors):
         key = sample["__key__"]
         try:
             label = decode_label(sample)
