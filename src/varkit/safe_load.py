@@ -51,5 +51,5 @@ def load_torch_file(path: str | Path, *, what: str = "checkpoint", map_location:
             raise refusal(path, what) from None
         raise ConfigError(f"the {what} {path} is not a torch.save file (it cannot be unpickled)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        first = str(err).strip().splitlines()[0].split(". ")[0][:160] if str(err).strip() else type(err).__name__
         raise ConfigError(f"the {what} {path} is unreadable or truncated ({first})") from None

@@ -195,6 +195,9 @@ INPUT_KEYS: dict[str, str] = {
     "checkpoint.var": "dir",
     "checkpoint.vqvae": "dir",
     "export.classes": "file",
+    "samples.path": "any",
+    "loss.vgg_weights": "file",
+    "loss.lpips_weights": "file",
 }
 
 

@@ -114,7 +114,10 @@ def precheck(config_name: str, argv: Sequence[str]) -> None:
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(hydra_message(err)) from None
     check_hydra_node(cfg.get("hydra"))
-    if not args.multirun and not args.cfg:  # the run directory Hydra is about to create
+    if args.multirun:
+        _precheck_sweep(args.config_name or config_name, overrides)
+        return
+    if not args.cfg:  # the run directory Hydra is about to create
         from omegaconf import OmegaConf
 
         from varkit.validation import check_output_dir
@@ -124,13 +127,50 @@ def precheck(config_name: str, argv: Sequence[str]) -> None:
         except OmegaConfBaseException:
             run_dir = None
         check_output_dir("hydra.run.dir", run_dir)
-    if not args.multirun:  # per-job values are validated inside each job
-        with open_dict(cfg):
-            del cfg["hydra"]
-        try:
-            (validate_components if args.cfg else validate_for_run)(cfg)
-        except OmegaConfBaseException as err:
-            raise ConfigError(hydra_message(err)) from None
+    with open_dict(cfg):  # the job's config as the job will see it
+        del cfg["hydra"]
+    try:
+        (validate_components if args.cfg else validate_for_run)(cfg)
+    except OmegaConfBaseException as err:
+        raise ConfigError(hydra_message(err)) from None
+
+
+def _precheck_sweep(config_name: str, overrides: list[str]) -> None:
+    """Validate each value of each sweep override (the others at their first value) before any job starts, so a bad
+    value is one sentence, not a failed job in the middle of a sweep."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf import open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    from varkit.config import compose_for_check, validate_components
+    from varkit.errors import ConfigError
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    values: list[list[str]] = []
+    for override in parsed:
+        if override.is_sweep_override():
+            try:
+                values.append([f"{override.get_key_element()}={v}" for v in override.sweep_string_iterator()])
+            except (HydraException, TypeError, ValueError):  # e.g. interval sweeps: checked by each job
+                values.append([])
+        else:
+            values.append([override.input_line])
+    first = [options[0] if options else None for options in values]
+    checked: set[tuple[str, ...]] = set()
+    for index, options in enumerate(values):
+        for option in options[: 64 if len(options) > 1 else 1]:
+            combo = tuple(o for o in [*first[:index], option, *first[index + 1 :]] if o is not None)
+            if combo in checked:
+                continue
+            checked.add(combo)
+            try:
+                cfg = compose_for_check(config_name, list(combo))
+                with open_dict(cfg):
+                    del cfg["hydra"]
+                validate_components(cfg)
+            except (HydraException, OmegaConfBaseException) as err:
+                raise ConfigError(hydra_message(err)) from None
 
 
 def run_hydra(command: str, config_name: str, task: Callable[[Any], Any], argv: Sequence[str]) -> int:

@@ -30,7 +30,7 @@ def safe_checkpoint_load(load: Callable[..., dict[str, Any]], path: Any, *args: 
             raise refusal(path, "checkpoint to resume from") from None
         raise ConfigError(f"the checkpoint to resume from {path} is not a torch checkpoint") from None
     except (RuntimeError, EOFError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:160]
         raise ConfigError(
             f"the checkpoint to resume from {path} is unreadable or truncated ({first}); delete it (or set "
             "resume=false) to start over"
