@@ -184,3 +184,24 @@ def test_token_shards_of_another_vocabulary_are_refused(stage, tmp_path: Path) -
         check_token_info({**info, "codebook_size": 512}, vae, stage["tokenizer"])
     with pytest.raises(ConfigError, match="written with scales"):
         check_token_info({**info, "scales": [[1, 1], [2, 2]]}, vae, stage["tokenizer"])
+
+
+def test_rewriting_a_shard_folder_leaves_no_stale_shards(tmp_path: Path) -> None:
+    """A second, shorter write into the same folder must not leave the first write's later shards to be read."""
+    folder = _write(tmp_path / "s", per_shard=3)
+    assert len(list(folder.glob("*.tar"))) == 4
+    from varkit.data.shards import ShardWriter
+
+    with ShardWriter(folder, max_count=3) as writer:
+        for i in range(4):
+            writer.write(f"{i:06d}", {"png": _png(i), "cls": b"0"})
+    labels, stats = _read(folder)
+    assert (
+        len(labels) == 4
+        and stats.lost == 0
+        and sorted(p.name for p in folder.glob("*.tar"))
+        == [
+            "shard-000000.tar",
+            "shard-000001.tar",
+        ]
+    )

@@ -118,6 +118,32 @@ class ShardWriter:
 
     def close(self) -> None:
         self._close_current()
+        self._remove_stale()
+
+    def _remove_stale(self) -> None:
+        """Numbered shards of an earlier, longer write into the same folder would otherwise be read as part of this
+        data set (the first ones were just overwritten): remove them, and say so."""
+        written = {p.name for p in self.paths}
+        stale = [
+            p for p in sorted(self.out_dir.glob("shard-[0-9][0-9][0-9][0-9][0-9][0-9].tar")) if p.name not in written
+        ]
+        if not stale or not written:
+            return
+        logger.warning(
+            "removing %d stale shard(s) of an earlier write from %s: %s", len(stale), self.out_dir, stale[0].name
+        )
+        for path in stale:
+            path.unlink()
+            self.counts.pop(path.name, None)
+        index = self.out_dir / INDEX_FILE
+        if index.is_file():
+            try:
+                shards = dict(json.loads(index.read_text()).get("shards", {}))
+            except (ValueError, AttributeError):
+                shards = {}
+            for path in stale:
+                shards.pop(path.name, None)
+            index.write_text(json.dumps({"shards": dict(sorted(shards.items()))}, indent=1) + "\n")
 
     def __enter__(self) -> ShardWriter:
         return self
