@@ -261,7 +261,7 @@ def validate_components(cfg: DictConfig | Mapping[str, Any]) -> None:
             build_scales(plain["schedule"])
     except (UnknownComponentError, InvalidScalesError, TypeError) as err:
         raise ConfigError(str(err)) from None
-    check_targets(plain)
+    check_targets(plain, resolve=True)  # imports only allow-listed modules
     if isinstance(plain, Mapping):
         validate_values(plain)
 

@@ -67,6 +67,12 @@ TARGET_FAMILIES: dict[str, tuple[str, str]] = {
     "torchmetrics": ("torchmetrics.metric:Metric", "torchmetrics"),
 }
 
+#: family module -> base classes refused inside it: a config must not swap the checkpoint loader varkit installs
+#: (``varkit.lit.safe_io.SafeCheckpointIO``, on the exact list) for one that loads with torch's default
+FAMILY_EXCLUDES: dict[str, tuple[str, ...]] = {
+    "lightning.pytorch.plugins": ("lightning.fabric.plugins.io.checkpoint_io:CheckpointIO",),
+}
+
 _PLUGIN_TARGETS: dict[str, str] = {}
 
 
@@ -161,6 +167,9 @@ def resolve_target(target: str, where: str = "<root>") -> Any:
         base = _load(base_identity)
         if not (isinstance(obj, type) and issubclass(obj, base) and obj.__module__.startswith(package)):
             raise _refuse(where, target, f"it resolves to {_identity(obj)}, not a {base.__qualname__} class")
+        for excluded in FAMILY_EXCLUDES.get(module, ()):
+            if issubclass(obj, _load(excluded)):
+                raise _refuse(where, target, "checkpoint I/O is varkit.lit.safe_io.SafeCheckpointIO (weights only)")
         return obj
     except ImportError as err:
         raise ConfigError(f"{where}._target_={target!r} cannot be imported: {err}") from None

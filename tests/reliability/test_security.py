@@ -64,6 +64,7 @@ def test_hostile_target_is_refused_by_name(target: str, tmp_path: Path) -> None:
         "hydra.launcher._target_=os.system",
         "data._target_=varkit.data.shards.os.system",
         "trainer._target_=lightning.pytorch.trainer.trainer.os.system",
+        "trainer.plugins=[{_target_: lightning.pytorch.plugins.TorchCheckpointIO}]",  # torch's default on resume
     ],
 )
 def test_hostile_structures_are_refused(override: str, tmp_path: Path) -> None:
