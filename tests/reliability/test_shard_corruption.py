@@ -205,3 +205,19 @@ def test_rewriting_a_shard_folder_leaves_no_stale_shards(tmp_path: Path) -> None
             "shard-000001.tar",
         ]
     )
+
+
+def test_resampled_stream_of_unreadable_shards_stops(tmp_path: Path) -> None:
+    """A resampled stream never ends by itself: unreadable shards drawn again and again must stop it."""
+    from varkit.data.images import ImageSampleDecoder
+    from varkit.data.streaming import ShardStream, StreamLoader
+    from varkit.data.transforms import ImageTransform
+    from varkit.errors import DataSetupError
+
+    folder = _write(tmp_path / "s", per_shard=6)
+    for shard in folder.glob("*.tar"):
+        shard.write_bytes(b"x" * 10)
+    decoder = ImageSampleDecoder(ImageTransform(8, train=False, mid_reso=1.0))
+    loader = StreamLoader(ShardStream(str(folder), decoder, batch_size=1, resampled=True), batches_per_epoch=5)
+    with pytest.raises(DataSetupError, match="shards in a row were unreadable"):
+        list(loader)

@@ -49,6 +49,8 @@ def _available() -> dict[str, ModuleType]:
 
 def fail(message: str, code: int = EXIT_CONFIG_ERROR) -> int:
     """Print one clear error line and return the exit code (no traceback for user errors)."""
+    if "Original Traceback" in message:  # raised in a DataLoader worker: torch prepends the worker's traceback
+        message = message.strip().splitlines()[-1].split(": ", 1)[-1]
     sys.stderr.write(f"varkit: error: {message}\n")
     return code
 

@@ -230,7 +230,16 @@ class ShardStream(IterableDataset):
             reader_errors.append(opened[-1] if opened else "?")
             pending.record("shard_errors", str(error)[:300])
             logger.warning("shard read error, continuing with the next shard: %s", str(error)[:300])
+            failed_in_a_row[0] += 1
+            if self.resampled and failed_in_a_row[0] > 2 * len(self.urls) + 8:
+                # a resampled stream never ends: without this, unreadable shards would be drawn forever
+                raise DataSetupError(
+                    f"{failed_in_a_row[0]} shards in a row were unreadable (e.g. {opened[-1] if opened else '?'}): "
+                    "check the shard files"
+                )
             return True
+
+        failed_in_a_row = [0]
 
         opened: list[str] = []
 
@@ -252,6 +261,7 @@ class ShardStream(IterableDataset):
         inputs: list[Any] = []
         labels: list[int] = []
         for sample in samples:
+            failed_in_a_row[0] = 0
             position += 1
             if position <= start:
                 if position == start:
