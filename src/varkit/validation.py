@@ -177,6 +177,33 @@ NUMBER_RULES: dict[str, Number] = {
     "sampling.temperature": POSITIVE,
 }
 
+#: keys that take ``true``/``false`` (a typo such as ``maybe`` would otherwise count as true)
+BOOL_KEYS: tuple[str, ...] = (
+    "resume",
+    "data.hflip",
+    "data.drop_last",
+    "data.resampled",
+    "data.pin_memory",
+    "data.per_scale",
+    "export.ema",
+    "gan.enabled",
+    "gan.adaptive_weight",
+    "codebook.restart",
+    "smooth",
+    "pngs",
+    "grid",
+    "npz",
+    "progress",
+    "trainer.enable_progress_bar",
+    "trainer.deterministic",
+)
+
+#: precision names Lightning accepts
+PRECISIONS: tuple[str, ...] = (
+    "64", "32", "16", "bf16", "64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed",
+    "transformer-engine", "transformer-engine-float16",
+)  # fmt: skip
+
 #: keys naming folders a run writes into (checked for being writable directories before any work)
 OUTPUT_DIR_KEYS: tuple[str, ...] = (
     "paths.output_dir",
@@ -232,9 +259,52 @@ def check_numbers(cfg: Mapping[str, Any], rules: Mapping[str, Number] = NUMBER_R
         if isinstance(value, Mapping):  # a group, e.g. ``samples:`` of eval vs ``samples: 4`` of edit
             continue
         raise ConfigError(f"{key}={value!r} is not allowed: expected {rule.describe()}")
+    for key in BOOL_KEYS:
+        value = _lookup(cfg, key)
+        if value is not _MISSING and not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} is not allowed: expected true or false")
+    _check_options(cfg)
     width, heads = _lookup(cfg, "model.width"), _lookup(cfg, "model.num_heads")
     if isinstance(width, int) and isinstance(heads, int) and heads > 0 and width % heads:
         raise ConfigError(f"model.num_heads={heads} does not divide model.width={width}: pick a divisor of the width")
+
+
+def _check_options(cfg: Mapping[str, Any]) -> None:
+    """Options with a fixed set of values, and the trainer's devices/precision/strategy (Lightning would refuse
+    them only once the Trainer is built)."""
+    schedule = _lookup(cfg, "optim.schedule")
+    if schedule is not _MISSING:
+        from varkit.training.optim import LR_SCHEDULES
+
+        if schedule not in LR_SCHEDULES:
+            raise ConfigError(f"optim.schedule={schedule!r} is not allowed: expected one of {', '.join(LR_SCHEDULES)}")
+    betas = _lookup(cfg, "optim.betas")
+    if betas is not _MISSING and not (
+        isinstance(betas, (list, tuple)) and len(betas) == 2 and all(PROBABILITY_OPEN.allows(b) for b in betas)
+    ):
+        raise ConfigError(f"optim.betas={betas!r} is not allowed: expected two numbers in [0, 1), e.g. [0.9, 0.95]")
+    devices = _lookup(cfg, "trainer.devices")
+    if devices is not _MISSING and not (
+        devices == "auto"
+        or (isinstance(devices, int) and not isinstance(devices, bool) and (devices >= 1 or devices == -1))
+        or (isinstance(devices, list) and devices and all(isinstance(d, int) and d >= 0 for d in devices))
+        or (isinstance(devices, str) and devices.replace(",", "").strip().isdigit())
+    ):
+        raise ConfigError(
+            f"trainer.devices={devices!r} is not allowed: expected auto, a count >= 1 (-1: all) or a list of indices"
+        )
+    precision = _lookup(cfg, "trainer.precision")
+    if precision is not _MISSING and precision is not None and str(precision) not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={precision!r} is not allowed: expected one of {', '.join(PRECISIONS)}")
+    strategy = _lookup(cfg, "trainer.strategy")
+    if isinstance(strategy, str) and strategy != "auto":
+        from lightning.pytorch.strategies import StrategyRegistry
+
+        if strategy not in StrategyRegistry:
+            raise ConfigError(
+                f"trainer.strategy={strategy!r} is not allowed: expected auto, one of Lightning's strategy names "
+                f"(e.g. ddp, ddp_spawn, fsdp, deepspeed) or a _target_ node"
+            )
 
 
 def check_device(key: str, device: Any) -> None:

@@ -78,6 +78,12 @@ CASES: list[Case] = [
     Case("train-seed-string", _train("seed=abc"), "seed='abc'"),
     Case("train-nan-lr", _train("optim.lr=nan"), "optim.lr=nan"),
     Case("train-gpu-missing", _train("trainer.accelerator=gpu"), "no CUDA GPU", needs_no_cuda=True),
+    Case("train-devices-zero", _train("trainer.devices=0"), "trainer.devices=0"),
+    Case("train-precision-unknown", _train("trainer.precision=17"), "trainer.precision=17"),
+    Case("train-strategy-unknown", _train("trainer.strategy=nosuch"), "trainer.strategy='nosuch'"),
+    Case("train-bool-typo", _train("data.hflip=maybe"), "data.hflip='maybe'"),
+    Case("train-lr-schedule-unknown", _train("optim.schedule=nosuch"), "optim.schedule='nosuch'"),
+    Case("train-betas-short", _train("optim.betas=[0.9]"), "optim.betas=[0.9]"),
     # -- train: data
     Case("train-shard-missing", _train("data.train_urls={tmp}/nowhere/shard-000000.tar"), "does not exist"),
     Case("train-glob-no-match", _train("data.train_urls={tokens}/train/shard-9*.tar"), "matches no file"),
@@ -141,6 +147,7 @@ CASES: list[Case] = [
     ),
     Case("pack-labels-traversal", _fmt("data pack {flat} {tmp}/p --labels {traversal}"), "points outside"),
     Case("pack-output-is-file", _fmt("data pack {classdirs} {afile}"), "is a file"),
+    Case("demo-output-is-file", _fmt("data demo {afile}"), "file exists"),
     # -- convert
     Case("convert-lightning-ckpt", _fmt("convert {ckpt} {tmp}/c"), "Lightning training checkpoint"),
     Case("convert-output-is-file", _fmt("convert {ckpt} {afile}"), "is a file"),

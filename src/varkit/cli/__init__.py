@@ -74,7 +74,20 @@ def user_errors() -> tuple[type[BaseException], ...]:
         DuplicateComponentError,
         CapabilityError,
         DataSetupError,
+        # a path the user gave that is a file, a folder, missing or not theirs to write
+        FileExistsError,
+        FileNotFoundError,
+        IsADirectoryError,
+        NotADirectoryError,
+        PermissionError,
     )
+
+
+def describe(err: BaseException) -> str:
+    """The one sentence for a user error (file-system errors as "<path>: <reason>")."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror.lower()}"
+    return str(err)
 
 
 def precheck(config_name: str, argv: Sequence[str]) -> None:
@@ -188,7 +201,7 @@ def run_hydra(command: str, config_name: str, task: Callable[[Any], Any], argv: 
     try:
         precheck(config_name, null_overrides(argv))
     except errors as err:
-        return fail(str(err))
+        return fail(describe(err))
     outcome: dict[str, int] = {"code": 0}
 
     def job(cfg: DictConfig) -> Any:
@@ -196,7 +209,7 @@ def run_hydra(command: str, config_name: str, task: Callable[[Any], Any], argv: 
             validate_for_run(cfg)
             return task(cfg)
         except errors as err:
-            outcome["code"] = fail(str(err))
+            outcome["code"] = fail(describe(err))
             if len(argv) and any(a in ("-m", "--multirun") for a in argv):
                 raise
             return None
@@ -264,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(modules[args.command].run(args) or 0)
     except user_errors() as err:
-        return fail(str(err))
+        return fail(describe(err))
 
 
 if __name__ == "__main__":
