@@ -214,6 +214,10 @@ def test_resume_appends_metrics_of_each_segment(stage, copy_run, tmp_path: Path)
     after = (run / "csv" / "metrics.csv").read_text().strip().splitlines()
     assert len(after) > len(before)
     header, *rows = after
+    # skipped samples are logged by default, per reason (LogSkippedSamples is on conf/callbacks/default.yaml)
+    assert {"data/skipped", "data/skipped_corrupt", "data/skipped_incomplete", "data/shard_errors"} <= set(
+        header.split(",")
+    )
     steps = {row.split(",")[header.split(",").index("step")] for row in rows}
     assert "0" in steps or "1" in steps, "the first segment's rows were lost"
     assert "3" in steps, "the resumed segment's rows are missing"
