@@ -106,7 +106,7 @@ def watch_shards(
 
     current: str | None = None
     for sample in samples:
-        url = sample.get("__url__")
+        url = str(sample.get("__url__", "?"))
         if url != current:
             if current is not None:
                 finish(current)
