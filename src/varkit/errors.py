@@ -5,7 +5,7 @@ The CLI turns these into one sentence and exit code 2; anything else keeps its t
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DataSetupError"]
+__all__ = ["ConfigError", "DataSetupError", "UnsafeCheckpointError"]
 
 
 class ConfigError(ValueError):
@@ -15,3 +15,7 @@ class ConfigError(ValueError):
 class DataSetupError(ValueError):
     """A data setup that cannot work (no shards, too few shards for the readers, ...); its message is one sentence
     meant for the user, raised before training starts."""
+
+
+class UnsafeCheckpointError(ConfigError):
+    """A checkpoint that would need unpickling arbitrary Python objects (possibly code) to load: refused."""

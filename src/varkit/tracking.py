@@ -18,6 +18,7 @@ Sweep-value conventions (``None`` from W&B's agent) live with the command line: 
 
 from __future__ import annotations
 
+import csv
 import logging
 import netrc
 import os
@@ -28,9 +29,12 @@ from urllib.parse import urlparse
 
 import numpy as np
 from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 __all__ = [
     "WANDB_MODES",
+    "AppendingCSVLogger",
     "build_loggers",
     "build_wandb_logger",
     "finish_wandb_runs",
@@ -47,6 +51,29 @@ logger = logging.getLogger(__name__)
 #: modes W&B accepts; ``online`` falls back to ``offline`` without credentials
 WANDB_MODES: tuple[str, ...] = ("online", "offline", "disabled")
 DEFAULT_WANDB_HOST = "https://api.wandb.ai"
+
+
+class _AppendingExperimentWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that an existing ``metrics.csv`` is continued, not deleted."""
+
+    def _check_log_dir_exists(self) -> None:
+        # Lightning deletes metrics.csv of an existing log folder: on resume that erases every earlier segment's
+        # metrics (even when the resume then fails). Continue the file instead: its header gives the known columns.
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as handle:
+                self.metrics_keys = list(csv.DictReader(handle).fieldnames or [])
+
+
+class AppendingCSVLogger(CSVLogger):
+    """:class:`~lightning.pytorch.loggers.CSVLogger` whose ``metrics.csv`` survives resumes (rows are appended;
+    a resumed segment may repeat the steps logged after its checkpoint, with its own values)."""
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingExperimentWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def _wandb_host() -> str:

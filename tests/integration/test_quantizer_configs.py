@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from varkit import QUANTIZERS
-from varkit.config import build_scales, config_dir
+from varkit.config import config_dir, to_plain
+from varkit.registry import SCALE_SCHEDULES
 
 SCHEDULES = sorted(p.stem for p in (config_dir() / "schedule").glob("*.yaml"))
 
@@ -17,7 +18,7 @@ def test_quantizer_composes_with_schedule(compose_cfg, quantizer: str, schedule:
     from varkit.testing import check_quantizer
 
     cfg = compose_cfg("train_tokenizer", [f"quantizer={quantizer}", f"schedule={schedule}"])
-    scales = build_scales(cfg.schedule)
+    scales = SCALE_SCHEDULES.resolve(to_plain(cfg.schedule))
     spec = {k: v for k, v in dict(cfg.quantizer).items() if v is not None}
     spec.update(code_dim=4, num_scales=len(scales))
     if "codebook_size" in spec or quantizer != "msbsq":

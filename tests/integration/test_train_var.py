@@ -40,7 +40,9 @@ def test_run_directory_holds_checkpoints_config_samples_and_export(tiny_run: dic
     assert exported["config"]["scales"] == tokenizer["scales"]
     assert exported["config"]["codebook_size"] == tokenizer["quantizer"]["codebook_size"]
     reference = json.loads((run / "model" / "tokenizer.json").read_text())
-    assert Path(reference["path"]) == tiny_run["tokenizer"].resolve()
+    # relative to the generator folder (a run folder moved with its tokenizer keeps working), absolute as fallback
+    assert (run / "model" / reference["path"]).resolve() == tiny_run["tokenizer"].resolve()
+    assert Path(reference["absolute_path"]) == tiny_run["tokenizer"].resolve()
     assert json.loads((run / "model" / "classes.json").read_text())["red_circle"] == 0
 
 

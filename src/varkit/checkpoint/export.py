@@ -32,7 +32,9 @@ def export_tokenizer(vae: VQVAE, directory: str | Path) -> Path:
 
 def tokenizer_from_checkpoint(checkpoint_path: str | Path) -> VQVAE:
     """The VQVAE of a Lightning checkpoint written by :class:`~varkit.lit.tokenizer.TokenizerModule` (eval mode)."""
-    checkpoint = torch.load(str(checkpoint_path), map_location="cpu", weights_only=True)
+    from varkit.safe_load import load_torch_file
+
+    checkpoint = load_torch_file(checkpoint_path, what="training checkpoint")
     params = checkpoint.get("hyper_parameters") or {}
     missing = [k for k in ("tokenizer", "quantizer", "schedule") if k not in params]
     if missing:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,11 +49,35 @@ def write_generator(
 
     directory = Path(directory)
     save_pretrained(model, directory)
-    reference = {"path": str(Path(tokenizer_dir).resolve()), **(extra or {})}
+    # relative first: a run folder moved together with its tokenizer keeps working; the absolute path is the
+    # fallback for a generator copied elsewhere on the same machine
+    absolute = Path(tokenizer_dir).resolve()
+    try:
+        relative = os.path.relpath(absolute, directory.resolve())
+    except ValueError:  # another drive (Windows)
+        relative = str(absolute)
+    reference = {"path": relative, "absolute_path": str(absolute), **(extra or {})}
     (directory / TOKENIZER_REFERENCE_FILE).write_text(json.dumps(reference, indent=2) + "\n")
     if classes is not None:
         (directory / CLASSES_FILE).write_text(json.dumps({n: i for i, n in enumerate(classes)}, indent=1) + "\n")
     return directory
+
+
+def _referenced_tokenizer(root: Path, reference: Path) -> Path:
+    """The tokenizer directory a ``tokenizer.json`` names (relative to the generator directory, else absolute)."""
+    try:
+        document = json.loads(reference.read_text())
+        paths = [str(document["path"]), *([str(document["absolute_path"])] if "absolute_path" in document else [])]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{reference} is not a valid tokenizer reference ({err}); pass tokenizer_dir=...") from None
+    candidates = [root / Path(p).expanduser() for p in paths]  # an absolute path stays absolute under `/`
+    for candidate in candidates:
+        if (candidate / "config.json").is_file() or (candidate / "tokenizer.json").is_file():
+            return candidate
+    raise ConfigError(
+        f"the tokenizer of {root} is not at {candidates[0]} (the path {reference.name} records): it was moved or "
+        "deleted; pass its directory with tokenizer_dir=<path>"
+    )
 
 
 def load_generator(
@@ -76,8 +101,7 @@ def load_generator(
             reference = root / TOKENIZER_REFERENCE_FILE
             if not reference.is_file():
                 raise ConfigError(f"{root} has no {TOKENIZER_REFERENCE_FILE}; pass the tokenizer directory")
-            target = Path(json.loads(reference.read_text())["path"]).expanduser()
-            tokenizer = target if target.is_absolute() else root / target
+            tokenizer = _referenced_tokenizer(root, reference)
     elif (root / "var" / CONFIG_FILE).is_file():
         var_dir = root / "var"
         tokenizer = tokenizer if tokenizer is not None else root / "vqvae"

@@ -85,14 +85,39 @@ def save_pretrained(model: nn.Module, directory: str | Path, *, config: Mapping[
     return out
 
 
+def read_weights(path: str | Path, *, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` file; a missing, truncated or foreign file (e.g. a renamed pickle) is one
+    :class:`~varkit.errors.ConfigError` sentence — safetensors never unpickles anything."""
+    from safetensors import SafetensorError
+
+    from varkit.errors import ConfigError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist: the model directory has no weights")
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ConfigError(f"{path} is not a readable safetensors file (truncated or another format: {err})") from None
+
+
 def read_config(directory: str | Path) -> dict[str, Any]:
     """The ``config.json`` document of a saved model: ``{"kind", "format_version", "config"}``."""
+    from varkit.errors import ConfigError
+
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: not a varkit model directory")
-    document = json.loads(path.read_text())
-    if document.get("kind") not in ("var", "vqvae") or not isinstance(document.get("config"), dict):
-        raise ValueError(f"{path} is not a varkit model config (needs 'kind' in var/vqvae and a 'config' mapping)")
+        raise ConfigError(f"{path} does not exist: not a varkit model directory")
+    try:
+        document = json.loads(path.read_text())
+    except (ValueError, OSError) as err:
+        raise ConfigError(f"{path} is not readable JSON ({err})") from None
+    if (
+        not isinstance(document, dict)
+        or document.get("kind") not in ("var", "vqvae")
+        or not isinstance(document.get("config"), dict)
+    ):
+        raise ConfigError(f"{path} is not a varkit model config (needs 'kind' in var/vqvae and a 'config' mapping)")
     return document
 
 
@@ -118,12 +143,19 @@ def from_pretrained(
     ``dtype`` casts floating weights (``None`` keeps the stored dtype); ``expect`` (``"var"``/``"vqvae"``) refuses
     a directory of the other kind.
     """
+    from varkit.errors import ConfigError
+
     document = read_config(directory)
     kind = document["kind"]
     if expect is not None and kind != expect:
-        raise ValueError(f"{directory} holds a {kind!r} model, expected {expect!r}")
-    model = _build(kind, document["config"])
-    weights = load_file(str(Path(directory) / WEIGHTS_FILE), device=str(device))
+        raise ConfigError(f"{directory} holds a {kind!r} model, expected {expect!r}")
+    try:
+        model = _build(kind, document["config"])
+    except TypeError as err:
+        raise ConfigError(
+            f"{Path(directory) / CONFIG_FILE} has arguments the {kind} model does not take: {err}"
+        ) from None
+    weights = read_weights(Path(directory) / WEIGHTS_FILE, device=device)
     # assign=True keeps the stored dtypes (a bf16 save loads as bf16) instead of copying into fresh fp32 tensors
     model.load_state_dict(weights, strict=True, assign=True)
     model.to(device)
@@ -136,7 +168,9 @@ load_pretrained = from_pretrained
 
 
 def _load_pth(path: str | Path) -> Any:
-    return torch.load(str(path), map_location="cpu", weights_only=True)
+    from varkit.safe_load import load_torch_file
+
+    return load_torch_file(path, what="weights file")
 
 
 def convert_official(
@@ -155,11 +189,20 @@ def convert_official(
     are inferred from the weights when omitted).
     """
     from varkit.checkpoint.var import infer_official_var_config, var_from_official
+    from varkit.errors import ConfigError
 
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"the output {out} is a file; give a directory to write the converted model into")
     loaded = _load_pth(source)
     if not isinstance(loaded, Mapping):
-        raise ValueError(f"{source} does not hold a state dict or a fixture mapping")
-    out = Path(output)
+        raise ConfigError(f"{source} does not hold a state dict or a fixture mapping")
+    if "pytorch-lightning_version" in loaded or ("state_dict" in loaded and "hyper_parameters" in loaded):
+        raise ConfigError(
+            f"{source} is a Lightning training checkpoint (a varkit .ckpt), not official VAR/VQVAE weights: varkit "
+            "runs export their models themselves (<run>/model for the transformer, <run>/tokenizer for the "
+            "tokenizer); use those directories"
+        )
     written: dict[str, Path] = {}
     if "var_state_dict" in loaded or "vae_state_dict" in loaded:
         reference_config = {**dict(loaded.get("config", {})), **dict(config or {})}
@@ -170,6 +213,8 @@ def convert_official(
             written["vqvae"] = _convert_vqvae(loaded["vae_state_dict"], reference_config, out / "vqvae")
         return written
     state = {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise ConfigError(f"{source} holds no tensors: not an official VAR/VQVAE state dict")
     detected = kind or ("var" if any(k.startswith("blocks.") for k in state) else "vqvae")
     if detected == "var":
         reference_config = {**infer_official_var_config(state), **dict(config or {})}

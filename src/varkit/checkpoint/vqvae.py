@@ -238,7 +238,9 @@ def vqvae_from_official_with_config(
 
 def load_official_vqvae(path: str | os.PathLike[str], config: Mapping[str, Any] | None = None) -> VQVAE:
     """Load a released ``vae_ch160v4096z32.pth`` (or another official-format file) from a local path."""
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    from varkit.safe_load import load_torch_file
+
+    state_dict = load_torch_file(path, what="official VQVAE weights file")
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"{path}: expected a state dict, got {type(state_dict).__name__}")
     return vqvae_from_official(state_dict, config or {})

@@ -12,6 +12,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -48,6 +49,8 @@ def _available() -> dict[str, ModuleType]:
 
 def fail(message: str, code: int = EXIT_CONFIG_ERROR) -> int:
     """Print one clear error line and return the exit code (no traceback for user errors)."""
+    if "Original Traceback" in message:  # raised in a DataLoader worker: torch prepends the worker's traceback
+        message = message.strip().splitlines()[-1].split(": ", 1)[-1]
     sys.stderr.write(f"varkit: error: {message}\n")
     return code
 
@@ -71,7 +74,118 @@ def user_errors() -> tuple[type[BaseException], ...]:
         DuplicateComponentError,
         CapabilityError,
         DataSetupError,
+        # a path the user gave that is a file, a folder, missing or not theirs to write
+        FileExistsError,
+        FileNotFoundError,
+        IsADirectoryError,
+        NotADirectoryError,
+        PermissionError,
     )
+
+
+def describe(err: BaseException) -> str:
+    """The one sentence for a user error (file-system errors as "<path>: <reason>")."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror.lower()}"
+    return str(err)
+
+
+def precheck(config_name: str, argv: Sequence[str]) -> None:
+    """Compose the config as Hydra is about to and validate it — Hydra's own node included (its callbacks, launcher
+    and logging configuration run before any varkit code) — so a bad config is reported as one sentence before
+    Hydra creates the run directory, also for ``--cfg job``. Raises :class:`~varkit.errors.ConfigError`."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.errors import HydraException, OverrideParseException
+    from omegaconf import open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    from varkit.config import check_hydra_node, compose_for_check, validate_components, validate_for_run
+    from varkit.errors import ConfigError
+
+    try:
+        args, _ = get_args_parser().parse_known_args(list(argv))
+    except SystemExit:
+        return
+    if args.help or args.hydra_help or args.info or args.shell_completion:
+        return
+    overrides = list(args.overrides)
+    if args.config_dir:  # as Hydra does for --config-dir: one more (first) search path entry
+        if any(o.lstrip("+~").startswith("hydra.searchpath") for o in overrides):
+            return  # both: Hydra merges them its own way; the job-level checks still run
+        overrides.append(f"hydra.searchpath=[file://{Path(args.config_dir).resolve()}]")
+    try:
+        cfg = compose_for_check(args.config_name or config_name, overrides, multirun=bool(args.multirun))
+    except OverrideParseException as err:
+        braces = [
+            o for o in args.overrides if "{" in o and ".." in o and not o.split("=", 1)[-1].startswith(("'", '"'))
+        ]
+        if braces:
+            key, _, value = braces[0].partition("=")
+            raise ConfigError(
+                f"the override {braces[0]!r} holds a brace pattern, which Hydra reads as a dictionary: quote the "
+                f"value, e.g. '{key}=\"{value}\"' (single quotes around the whole argument in the shell)"
+            ) from None
+        raise ConfigError(hydra_message(err)) from None
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(hydra_message(err)) from None
+    check_hydra_node(cfg.get("hydra"))
+    if args.multirun:
+        _precheck_sweep(args.config_name or config_name, overrides)
+        return
+    if not args.cfg:  # the run directory Hydra is about to create
+        from omegaconf import OmegaConf
+
+        from varkit.validation import check_output_dir
+
+        try:
+            run_dir = OmegaConf.select(cfg, "hydra.run.dir")
+        except OmegaConfBaseException:
+            run_dir = None
+        check_output_dir("hydra.run.dir", run_dir)
+    with open_dict(cfg):  # the job's config as the job will see it
+        del cfg["hydra"]
+    try:
+        (validate_components if args.cfg else validate_for_run)(cfg)
+    except OmegaConfBaseException as err:
+        raise ConfigError(hydra_message(err)) from None
+
+
+def _precheck_sweep(config_name: str, overrides: list[str]) -> None:
+    """Validate each value of each sweep override (the others at their first value) before any job starts, so a bad
+    value is one sentence, not a failed job in the middle of a sweep."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf import open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    from varkit.config import compose_for_check, validate_components
+    from varkit.errors import ConfigError
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    values: list[list[str]] = []
+    for override in parsed:
+        if override.is_sweep_override():
+            try:
+                values.append([f"{override.get_key_element()}={v}" for v in override.sweep_string_iterator()])
+            except (HydraException, TypeError, ValueError):  # e.g. interval sweeps: checked by each job
+                values.append([])
+        else:
+            values.append([override.input_line])
+    first = [options[0] if options else None for options in values]
+    checked: set[tuple[str, ...]] = set()
+    for index, options in enumerate(values):
+        for option in options[: 64 if len(options) > 1 else 1]:
+            combo = tuple(o for o in [*first[:index], option, *first[index + 1 :]] if o is not None)
+            if combo in checked:
+                continue
+            checked.add(combo)
+            try:
+                cfg = compose_for_check(config_name, list(combo))
+                with open_dict(cfg):
+                    del cfg["hydra"]
+                validate_components(cfg)
+            except (HydraException, OmegaConfBaseException) as err:
+                raise ConfigError(hydra_message(err)) from None
 
 
 def run_hydra(command: str, config_name: str, task: Callable[[Any], Any], argv: Sequence[str]) -> int:
@@ -79,24 +193,27 @@ def run_hydra(command: str, config_name: str, task: Callable[[Any], Any], argv: 
     import hydra
     from omegaconf import DictConfig
 
-    from varkit.config import config_dir, register_presets, register_resolvers, validate_components
+    from varkit.cli.overrides import null_overrides
+    from varkit.config import config_dir, register_presets, register_resolvers, validate_for_run
 
     register_resolvers()
     register_presets()
     errors = user_errors()
+    try:
+        precheck(config_name, null_overrides(argv))
+    except errors as err:
+        return fail(describe(err))
     outcome: dict[str, int] = {"code": 0}
 
     def job(cfg: DictConfig) -> Any:
         try:
-            validate_components(cfg)
+            validate_for_run(cfg)
             return task(cfg)
         except errors as err:
-            outcome["code"] = fail(str(err))
+            outcome["code"] = fail(describe(err))
             if len(argv) and any(a in ("-m", "--multirun") for a in argv):
                 raise
             return None
-
-    from varkit.cli.overrides import null_overrides
 
     app = hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(job)
     saved = sys.argv
@@ -161,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(modules[args.command].run(args) or 0)
     except user_errors() as err:
-        return fail(str(err))
+        return fail(describe(err))
 
 
 if __name__ == "__main__":

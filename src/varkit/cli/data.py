@@ -98,6 +98,7 @@ def _tokenize(args: argparse.Namespace) -> int:
     import torch
 
     from varkit.checkpoint import from_pretrained
+    from varkit.checkpoint.tokenizer_source import tokenizer_identity
     from varkit.data.tokens import write_token_shards
     from varkit.models.vqvae import VQVAE
 
@@ -118,6 +119,7 @@ def _tokenize(args: argparse.Namespace) -> int:
         max_count=args.max_count,
         device=torch.device(args.device),
         progress=not args.no_progress,
+        tokenizer=tokenizer_identity(model, args.tokenizer),
     )
     skipped = summary.pop("skipped")
     health = summary.pop("codebook_health")
@@ -129,7 +131,10 @@ def _tokenize(args: argparse.Namespace) -> int:
     print(json.dumps(summary))
     total = skipped["corrupt"] + skipped["missing_keys"]
     if total or skipped["shard_errors"]:
-        print(f"skipped {total} samples, {skipped['shard_errors']} shard read errors: {skipped['examples']}")
+        print(
+            f"skipped {total} samples; {skipped['shard_errors']} damaged shard(s) lost {skipped.get('lost', 0)} more "
+            f"(counted from shards.json): {skipped['examples']}"
+        )
     return 0
 
 

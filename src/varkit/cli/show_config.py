@@ -15,17 +15,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
 
     from varkit.cli import fail, hydra_message
-    from varkit.config import compose, config_dir, validate_components
+    from varkit.config import check_hydra_node, compose, config_dir, validate_components
 
     available = sorted(p.stem for p in config_dir().glob("*.yaml"))
     if args.name not in available:
         return fail(f"unknown config {args.name!r}; available: {', '.join(available)}")
     try:
-        cfg = compose(args.name, args.overrides)
+        cfg = compose(args.name, args.overrides, with_hydra=True)
+        check_hydra_node(cfg.hydra)
+        with open_dict(cfg):
+            del cfg["hydra"]
         validate_components(cfg)
         print(OmegaConf.to_yaml(cfg, resolve=args.resolve), end="")
     except (HydraException, OmegaConfBaseException) as err:

@@ -51,7 +51,6 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
 
     from varkit.checkpoint.tokenizer_source import load_tokenizer, resolve_tokenizer_dir
     from varkit.config import instantiate_group, safe_instantiate, to_plain
-    from varkit.errors import ConfigError
     from varkit.lit.var_module import VARModule
     from varkit.models.factory import model_arguments
     from varkit.rng import mix_seed
@@ -62,17 +61,11 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
     tokenizer = load_tokenizer(tokenizer_dir)
     arguments = model_arguments(to_plain(cfg.model), tokenizer, to_plain(cfg.get("attention")))
     datamodule = safe_instantiate(cfg.data)
-    data_scales = getattr(datamodule, "scales", None)
-    if data_scales is not None:
-        try:
-            data_scales = [tuple(s) for s in data_scales]
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"cannot read the token shards' tokens.json: {err}") from None
-        if data_scales != [tuple(s) for s in tokenizer.scales.sizes]:
-            raise ConfigError(
-                f"the token shards were written with scales {data_scales}, but the tokenizer at {tokenizer_dir} "
-                f"uses {[tuple(s) for s in tokenizer.scales.sizes]}: re-run `varkit data tokenize` with it"
-            )
+    token_info = getattr(datamodule, "token_info", None)  # token shards: written by this very tokenizer?
+    if token_info is not None:
+        from varkit.checkpoint.tokenizer_source import check_token_info
+
+        check_token_info(token_info, tokenizer, tokenizer_dir)
     plain = to_plain(cfg)
     module = VARModule(
         arguments,

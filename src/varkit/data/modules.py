@@ -49,8 +49,10 @@ class StreamDataModule(L.LightningDataModule):
         rank: int | None = None,
         world_size: int | None = None,
         pin_memory: bool = False,
+        max_skipped_fraction: float | None = 0.1,
     ) -> None:
         super().__init__()
+        self.max_skipped_fraction = max_skipped_fraction
         self.train_urls = train_urls
         self.val_urls = val_urls
         self.batch_size = batch_size
@@ -101,7 +103,11 @@ class StreamDataModule(L.LightningDataModule):
                 drop_last=self.drop_last,
             )
             self._train = StreamLoader(
-                dataset, num_workers=self.num_workers, batches_per_epoch=batches, pin_memory=self.pin_memory
+                dataset,
+                num_workers=self.num_workers,
+                batches_per_epoch=batches,
+                pin_memory=self.pin_memory,
+                max_skipped_fraction=self.max_skipped_fraction,
             )
         if self._val is None and self.val_urls is not None and stage in (None, "fit", "validate"):
             dataset = ShardStream(
@@ -118,7 +124,13 @@ class StreamDataModule(L.LightningDataModule):
             if world <= len(dataset.urls) < world * max(workers, 1):
                 workers = len(dataset.urls) // world
                 logger.info("validation: %d shards for %d ranks: using %d workers", len(dataset.urls), world, workers)
-            self._val = StreamLoader(dataset, num_workers=workers, pin_memory=self.pin_memory, rewind=True)
+            self._val = StreamLoader(
+                dataset,
+                num_workers=workers,
+                pin_memory=self.pin_memory,
+                rewind=True,
+                max_skipped_fraction=self.max_skipped_fraction,
+            )
 
     def train_dataloader(self) -> StreamLoader:
         if self._train is None:
@@ -141,12 +153,41 @@ class StreamDataModule(L.LightningDataModule):
 
 
 class LogSkippedSamples(L.Callback):
-    """Logs the training stream's skip count as ``data/skipped`` after every training batch."""
+    """Logs the training stream's skips per reason (``data/skipped``, ``data/skipped_corrupt``,
+    ``data/skipped_incomplete``, ``data/shard_errors``) after every training batch, and warns once per new kind
+    of skip and at the end of training with the totals (on by default: ``conf/callbacks/default.yaml``)."""
+
+    def __init__(self) -> None:
+        self._warned: dict[str, int] = {}
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         datamodule = getattr(trainer, "datamodule", None)
-        if isinstance(datamodule, StreamDataModule):
-            pl_module.log("data/skipped", float(datamodule.skip_stats.total), on_step=True, rank_zero_only=False)
+        if not isinstance(datamodule, StreamDataModule):
+            return
+        stats = datamodule.skip_stats
+        counts = {"corrupt": stats.corrupt, "incomplete": stats.missing_keys, "shard_errors": stats.shard_errors}
+        pl_module.log("data/skipped", float(stats.total), on_step=True, rank_zero_only=False)
+        for reason, count in counts.items():
+            name = "data/shard_errors" if reason == "shard_errors" else f"data/skipped_{reason}"
+            pl_module.log(name, float(count), on_step=True, rank_zero_only=False)
+            if count and not self._warned.get(reason) and trainer.is_global_zero:
+                logger.warning(
+                    "data: skipping %s samples/shards (%d so far), e.g. %s", reason, count, stats.examples[:2]
+                )
+            self._warned[reason] = count
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        datamodule = getattr(trainer, "datamodule", None)
+        if isinstance(datamodule, StreamDataModule) and trainer.is_global_zero:
+            stats = datamodule.skip_stats
+            if stats.total or stats.shard_errors:
+                logger.warning(
+                    "data: skipped %d samples in this run (%d corrupt, %d incomplete) and met %d unreadable shard(s)",
+                    stats.total,
+                    stats.corrupt,
+                    stats.missing_keys,
+                    stats.shard_errors,
+                )
 
 
 class WebDataModule(StreamDataModule):
@@ -229,7 +270,8 @@ class TokenDataModule(StreamDataModule):
 
     def make_decoder(self, train: bool) -> Decoder:
         total = sum(h * w for h, w in self.scales)
-        return TokenSampleDecoder(total, hflip=self.hflip and train)
+        size = self.token_info.get("codebook_size")
+        return TokenSampleDecoder(total, hflip=self.hflip and train, codebook_size=int(size) if size else None)
 
     def make_collate(self) -> Callable[[list[Any]], Any]:
         return ScaleSplitCollate(self.scales) if self.per_scale else stack_collate

@@ -85,8 +85,12 @@ def _collect(source: Path, labels_file: Path | None) -> tuple[list[_Job], list[s
         classes = _class_order(set(labels.values()))
         index_of = {name: i for i, name in enumerate(classes)}
         jobs = []
+        root = source.resolve()
         for i, relative in enumerate(sorted(labels)):
             name = labels[relative]
+            if Path(relative).is_absolute() or not (root / relative).resolve().is_relative_to(root):
+                # a labels file is data from elsewhere: it must not make pack read (and ship) files outside SOURCE
+                raise ValueError(f"{labels_file}: the entry {relative!r} points outside {source}; use relative paths")
             jobs.append(_Job(i, str(source / relative), relative, index_of[name], name))
         return jobs, classes
     class_dirs = sorted(p for p in source.iterdir() if p.is_dir())
@@ -170,6 +174,8 @@ def pack_images(
     source = Path(source)
     if not source.is_dir():
         raise ValueError(f"{source} is not a folder")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ValueError(f"cannot write shards to {out_dir}: it is a file")
     jobs, classes = _collect(source, Path(labels_file) if labels_file is not None else None)
     if not jobs:
         raise ValueError(f"no image files found in {source}")

@@ -25,6 +25,7 @@ class SkipStats:
     corrupt: int = 0
     missing_keys: int = 0
     shard_errors: int = 0
+    lost: int = 0
     examples: list[str] = field(default_factory=list)
 
     max_examples = 20
@@ -46,13 +47,14 @@ class SkipStats:
         self.corrupt += other.corrupt
         self.missing_keys += other.missing_keys
         self.shard_errors += other.shard_errors
+        self.lost += other.lost
         room = self.max_examples - len(self.examples)
         self.examples.extend(other.examples[: max(room, 0)])
 
     def take(self) -> SkipStats:
         """Return the counts so far and reset this object to zero (used to ship per-batch deltas)."""
         taken = self.copy()
-        self.corrupt = self.missing_keys = self.shard_errors = 0
+        self.corrupt = self.missing_keys = self.shard_errors = self.lost = 0
         self.examples = []
         return taken
 
@@ -68,5 +70,6 @@ class SkipStats:
             corrupt=int(state.get("corrupt", 0)),
             missing_keys=int(state.get("missing_keys", 0)),
             shard_errors=int(state.get("shard_errors", 0)),
+            lost=int(state.get("lost", 0)),
             examples=list(state.get("examples", [])),
         )

@@ -33,16 +33,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from varkit.data.shards import expand_urls
+from varkit.data.shards import expand_urls, indexed_samples, truncation
 from varkit.data.stats import SkipStats
 from varkit.errors import DataSetupError
 from varkit.rng import mix_seed
 
-__all__ = ["ShardStream", "SkipSample", "StreamLoader", "resolve_topology", "stack_collate"]
+__all__ = ["ShardStream", "SkipSample", "StreamLoader", "resolve_topology", "stack_collate", "watch_shards"]
 
 logger = logging.getLogger(__name__)
 
 Urls = str | Path | Sequence[str | Path]
+#: skips below this count never stop a run (a few bad samples in a small shard are not a broken data set)
+MIN_SKIPS_TO_STOP = 16
 Decoder = Callable[[dict[str, Any], np.random.Generator], tuple[Any, int]]
 
 
@@ -66,6 +68,59 @@ def resolve_topology(rank: int | None, world_size: int | None) -> tuple[int, int
 def stack_collate(items: list[torch.Tensor]) -> torch.Tensor:
     """Stack CPU tensors into a batch (numpy's single-threaded copy: torch's threaded one stalls on busy CPUs)."""
     return torch.from_numpy(np.stack([item.numpy() for item in items]))
+
+
+def watch_shards(
+    samples: Iterator[dict], stats: SkipStats, opened: Sequence[str] = (), reader_errors: Sequence[str] = ()
+) -> Iterator[dict]:
+    """Pass raw samples through, checking each shard when the stream leaves it: a shard that does not end like a
+    complete tar, or holds fewer samples than its folder index lists, is counted (``shard_errors``, and ``lost``
+    when the index says how many samples are gone) and logged with the count — tar readers stop silently at a
+    cut on a header boundary, and mid-member they lose the rest of the shard with one read error.
+
+    ``opened``: the URLs in the order the reader opened them (a list the shard source appends to), so that shards
+    that yielded no sample at all are checked too. ``reader_errors``: the URLs (``opened[-1]`` at the time) the tar
+    reader's error handler reported (and counted in ``stats`` itself), so a damaged shard is counted once.
+    """
+    counts: dict[str, int] = {}
+    done = 0
+    reported = reader_errors if isinstance(reader_errors, list) else list(reader_errors)
+
+    def finish(url: str) -> None:
+        count = counts.pop(url, 0)
+        problem = truncation(url)
+        expected = indexed_samples(url)
+        lost = max(expected - count, 0) if expected is not None else 0
+        if problem is not None or lost:
+            if url in reported:  # the tar reader reported (and counted) this shard already
+                reported.remove(url)
+            else:
+                stats.record("shard_errors", url)
+            stats.lost += lost
+            how_many = (
+                f"{lost} of its {expected} samples were lost"
+                if expected is not None
+                else "the samples after the cut are lost (no shards.json index to count them)"
+            )
+            logger.warning("shard %s is %s: %s", url, problem or "incomplete", how_many)
+
+    current: str | None = None
+    for sample in samples:
+        url = str(sample.get("__url__", "?"))
+        if url != current:
+            if current is not None:
+                finish(current)
+            while done < len(opened) and opened[done] != url:  # opened since, but gave no sample
+                finish(opened[done])
+                done += 1
+            done += 1  # this shard's own entry
+            current = url
+        counts[url] = counts.get(url, 0) + 1
+        yield sample
+    if current is not None:
+        finish(current)
+    for url in opened[done:]:
+        finish(url)
 
 
 def _shuffled(samples: Iterator[dict], buffer_size: int, rng: random.Random) -> Iterator[dict]:
@@ -164,16 +219,40 @@ class ShardStream(IterableDataset):
         reader = self.rank * num_workers + worker
         pending = SkipStats()
 
+        reader_errors: list[str] = []
+        errored: set[int] = set()
+
         def on_shard_error(error: Exception) -> bool:
+            # webdataset reports one broken tar twice (inner and outer iterator): count each opened shard once
+            if len(opened) in errored:
+                return True
+            errored.add(len(opened))
+            reader_errors.append(opened[-1] if opened else "?")
             pending.record("shard_errors", str(error)[:300])
             logger.warning("shard read error, continuing with the next shard: %s", str(error)[:300])
+            failed_in_a_row[0] += 1
+            if self.resampled and failed_in_a_row[0] > 2 * len(self.urls) + 8:
+                # a resampled stream never ends: without this, unreadable shards would be drawn forever
+                raise DataSetupError(
+                    f"{failed_in_a_row[0]} shards in a row were unreadable (e.g. {opened[-1] if opened else '?'}): "
+                    "check the shard files"
+                )
             return True
 
-        samples: Iterator[dict] = iter(
-            wds.DataPipeline(
-                lambda: self._shard_sources(worker, num_workers),
-                wds.tarfile_to_samples(handler=on_shard_error),
-            )
+        failed_in_a_row = [0]
+
+        opened: list[str] = []
+
+        def sources() -> Iterator[dict[str, str]]:
+            for source in self._shard_sources(worker, num_workers):
+                opened.append(source["url"])
+                yield source
+
+        samples: Iterator[dict] = watch_shards(
+            iter(wds.DataPipeline(sources, wds.tarfile_to_samples(handler=on_shard_error))),
+            pending,
+            opened,
+            reader_errors,
         )
         if self.shuffle_buffer > 1:
             samples = _shuffled(samples, self.shuffle_buffer, random.Random(mix_seed(self.seed, self.epoch, reader, 2)))
@@ -182,6 +261,7 @@ class ShardStream(IterableDataset):
         inputs: list[Any] = []
         labels: list[int] = []
         for sample in samples:
+            failed_in_a_row[0] = 0
             position += 1
             if position <= start:
                 if position == start:
@@ -228,6 +308,11 @@ class StreamLoader:
         rewind: start every iteration from the beginning of the stream (validation: a run cut short by
             ``limit_val_batches`` must not make the next validation run see different samples, or metrics logged
             at different steps would not be comparable). Training streams continue where they stopped.
+        max_skipped_fraction: stop with a :class:`DataSetupError` once more than this fraction of the samples read
+            had to be skipped (counted from :data:`MIN_SKIPS_TO_STOP` skips on; ``None``: never stop).
+
+    A pass that yields no batch at all (every shard unreadable, every sample skipped, fewer samples than one
+    batch) is a :class:`DataSetupError` too: Lightning would otherwise start epoch after empty epoch forever.
     """
 
     def __init__(
@@ -239,8 +324,12 @@ class StreamLoader:
         prefetched_batches: int | None = None,
         pin_memory: bool = False,
         rewind: bool = False,
+        max_skipped_fraction: float | None = 0.1,
     ) -> None:
         dataset.check_readers(num_workers)
+        if max_skipped_fraction is not None and not 0.0 <= max_skipped_fraction <= 1.0:
+            raise DataSetupError(f"max_skipped_fraction={max_skipped_fraction!r} must lie in [0, 1] (or be null)")
+        self.max_skipped_fraction = max_skipped_fraction
         if dataset.resampled and not batches_per_epoch:
             raise DataSetupError("a resampled stream is infinite: give batches_per_epoch (the epoch length)")
         # not called ``dataset``: Lightning inspects ``loader.dataset`` and would warn about IterableDataset lengths
@@ -295,17 +384,43 @@ class StreamLoader:
             pin_memory=self.pin_memory,
             persistent_workers=False,
         )
+        fresh = not any(self._positions.values())
+        produced = 0
         for inputs, labels, meta in loader:
             self.skip_stats.add(meta["skipped"])
             self._positions[meta["worker"]] = meta["position"]
+            self._check_skips()
             if inputs is None:
                 continue
             self._batches += 1
+            produced += 1
             self._history.append(self._snapshot())
             yield inputs, labels
             if self.batches_per_epoch and self._batches >= self.batches_per_epoch:
                 break
+        if fresh and not produced:
+            stats = self.skip_stats
+            raise DataSetupError(
+                f"a full pass over the {len(self.stream.urls)} shard(s) starting with {self.stream.urls[0]} gave no "
+                f"batch of {self.stream.batch_size} samples ({sum(self._positions.values())} samples read; skipped: "
+                f"{stats.corrupt} corrupt, {stats.missing_keys} incomplete, {stats.shard_errors} unreadable shard(s))"
+            )
         self._epoch_finished = True
+
+    def _check_skips(self) -> None:
+        stats, limit = self.skip_stats, self.max_skipped_fraction
+        skipped = stats.total + stats.lost
+        if limit is None or skipped < MIN_SKIPS_TO_STOP:
+            return
+        read = skipped + self._batches * self.stream.batch_size
+        if skipped > limit * read:
+            examples = "; ".join(stats.examples[:3])
+            raise DataSetupError(
+                f"{skipped} of the last ~{read} samples were skipped or lost ({stats.corrupt} corrupt, "
+                f"{stats.missing_keys} incomplete, {stats.lost} lost in {stats.shard_errors} damaged shard(s)), "
+                f"more than "
+                f"data.max_skipped_fraction={limit}: fix the shards or raise the limit (e.g. {examples})"
+            )
 
     def state_dict(self) -> dict:
         """Position after the last batch the consumer has *used* (prefetched batches are excluded)."""

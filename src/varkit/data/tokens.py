@@ -9,7 +9,10 @@ transformer stage into integer reads. Each sample ``KEY`` of a token shard holds
   dtype ``uint16`` when the codebook has ≤ 65536 entries, else ``int32``;
 * ``KEY.cls``: the class index as ASCII digits;
 
-and ``tokens.json`` beside the shards records the scales, codebook size, image size and flip flag. Images are
+and ``tokens.json`` beside the shards records the scales, codebook size, image size, flip flag and the identity of
+the tokenizer that wrote them (scales, vocabulary, SHA-256 of its weights; see
+:mod:`varkit.checkpoint.tokenizer_source`), which the transformer stage checks against its tokenizer: tokens of
+another tokenizer would train silently on meaningless codes. Images are
 tokenised after the evaluation transform (resize shorter side, center crop), so token shards equal
 ``tokenize(images)`` on exactly the images the image stage would produce.
 """
@@ -30,12 +33,18 @@ import torch
 from varkit.data.images import decode_image, decode_label
 from varkit.data.shards import ShardWriter, expand_urls
 from varkit.data.stats import SkipStats
-from varkit.data.streaming import SkipSample, Urls, stack_collate
+from varkit.data.streaming import SkipSample, Urls, stack_collate, watch_shards
 from varkit.data.transforms import ImageTransform
 from varkit.errors import DataSetupError
 from varkit.quantizers.codebook import codebook_health
 
-__all__ = ["ScaleSplitCollate", "TokenSampleDecoder", "read_token_info", "split_scales", "write_token_shards"]
+__all__ = [
+    "ScaleSplitCollate",
+    "TokenSampleDecoder",
+    "read_token_info",
+    "split_scales",
+    "write_token_shards",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -66,14 +75,28 @@ def _iter_image_samples(urls: Urls, transform: ImageTransform, stats: SkipStats)
     """``(key, image tensor, label)`` for every readable sample of ``urls`` in shard order (no shuffling)."""
     import webdataset as wds
 
+    reader_errors: list[str] = []
+    errored: set[int] = set()
+
     def on_error(error: Exception) -> bool:
+        # webdataset reports one broken tar twice (inner and outer iterator): count each opened shard once
+        if len(opened) in errored:
+            return True
+        errored.add(len(opened))
+        reader_errors.append(opened[-1] if opened else "?")
         stats.record("shard_errors", str(error)[:300])
         logger.warning("shard read error, continuing: %s", str(error)[:300])
         return True
 
-    sources = ({"url": url} for url in expand_urls(urls))
+    opened: list[str] = []
+
+    def sources():
+        for url in expand_urls(urls):
+            opened.append(url)
+            yield {"url": url}
+
     rng = np.random.default_rng(0)  # the evaluation transform draws nothing; kept for the common signature
-    for sample in wds.tarfile_to_samples(handler=on_error)(sources):
+    for sample in watch_shards(wds.tarfile_to_samples(handler=on_error)(sources()), stats, opened, reader_errors):
         key = sample["__key__"]
         try:
             label = decode_label(sample)
@@ -103,6 +126,7 @@ def write_token_shards(
     max_count: int = 10_000,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    tokenizer: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Tokenise image shards into token shards; returns the ``tokens.json`` content plus a skip summary.
 
@@ -119,7 +143,13 @@ def write_token_shards(
     (:func:`varkit.quantizers.codebook.codebook_health`).
         scales: token-map sizes; inferred as squares from the token counts when omitted.
         flip: also store the tokens of the horizontally flipped image.
+        tokenizer: the tokenizer's identity (:func:`~varkit.checkpoint.tokenizer_source.tokenizer_identity`), recorded
+            in ``tokens.json``.
+
+    Input that yields no readable image is a :class:`DataSetupError` (nothing is left behind).
     """
+    expand_urls(image_urls)  # a missing path or a pattern matching nothing fails before anything is written
+    created = not Path(out_dir).exists()
     transform = ImageTransform(image_size, train=False, mid_reso=mid_reso)
     dtype = token_dtype(codebook_size)
     stats = SkipStats()
@@ -173,8 +203,14 @@ def write_token_shards(
         if keys:
             flush(writer, keys, images, labels)
         written = writer.samples_written
-    if scales is None:
-        raise ValueError(f"no readable images in {image_urls!r}")
+    if not written:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise DataSetupError(
+            f"no readable image in {image_urls!r} (skipped: {stats.corrupt} corrupt, {stats.missing_keys} "
+            f"incomplete, {stats.shard_errors} unreadable shard(s)); nothing was written"
+        )
+    assert scales is not None
     info = {
         "scales": [list(s) for s in scales],
         "codebook_size": codebook_size,
@@ -184,6 +220,7 @@ def write_token_shards(
         "mid_reso": mid_reso,
         "flip": flip,
         "samples": written,
+        **({"tokenizer": tokenizer} if tokenizer is not None else {}),
     }
     (out_dir / "tokens.json").write_text(json.dumps(info, indent=1) + "\n")
     health = None
@@ -198,7 +235,14 @@ def read_token_info(path: str | Path) -> dict[str, Any]:
     file = path / "tokens.json" if path.is_dir() else path
     if not file.is_file():
         raise DataSetupError(f"{file} does not exist: write token shards with `varkit data tokenize` first")
-    return json.loads(file.read_text())
+    try:
+        info = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise DataSetupError(f"{file} is not readable JSON ({err})") from None
+    scales = info.get("scales") if isinstance(info, dict) else None
+    if not isinstance(scales, list) or not all(isinstance(s, list) and len(s) == 2 for s in scales):
+        raise DataSetupError(f"{file} has no valid 'scales' list: rewrite it with `varkit data tokenize`")
+    return info
 
 
 def split_scales(indices: torch.Tensor, scales: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
@@ -209,9 +253,10 @@ def split_scales(indices: torch.Tensor, scales: Sequence[tuple[int, int]]) -> li
 class TokenSampleDecoder:
     """``(sample, rng) -> (indices int64 (L,), label)``; picks the flipped row with probability 1/2 if ``hflip``."""
 
-    def __init__(self, total_tokens: int, *, hflip: bool) -> None:
+    def __init__(self, total_tokens: int, *, hflip: bool, codebook_size: int | None = None) -> None:
         self.total_tokens = total_tokens
         self.hflip = hflip
+        self.codebook_size = codebook_size
 
     def __call__(self, sample: dict[str, Any], rng: np.random.Generator) -> tuple[torch.Tensor, int]:
         label = decode_label(sample)
@@ -222,6 +267,9 @@ class TokenSampleDecoder:
             array = array[1] if self.hflip and rng.random() < 0.5 else array[0]
         if array.shape != (self.total_tokens,):
             raise ValueError(f"expected {self.total_tokens} tokens, got shape {array.shape}")
+        if self.codebook_size is not None and array.size and int(array.max()) >= self.codebook_size:
+            # an index past the codebook would be an IndexError deep inside the embedding
+            raise SkipSample("corrupt", f"token index {int(array.max())} outside the {self.codebook_size}-code book")
         return torch.from_numpy(array.astype(np.int64)), label
 
 

@@ -408,7 +408,9 @@ def load_fid_inception(
     actual = file_sha256(weights)
     if sha256 is not None and actual != sha256.lower():
         raise ChecksumError(f"{weights} has SHA-256 {actual}, expected {sha256} (wrong or corrupt file)")
-    state = torch.load(str(weights), map_location="cpu", weights_only=True)
+    from varkit.safe_load import load_torch_file
+
+    state = load_torch_file(weights, what="Inception weights file")
     model = InceptionV3FID(resize=resize, weights_sha256=actual)
     model.load_official_state_dict(state)
     logger.info("loaded FID Inception weights from %s (sha256 %s...)", weights, actual[:12])

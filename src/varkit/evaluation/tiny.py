@@ -73,7 +73,9 @@ class TinyExtractor(nn.Module):
         self.weights_sha256 = "seeded"
         if weights is not None:
             self.weights_sha256 = file_sha256(weights)
-            self.load_state_dict(torch.load(str(weights), map_location="cpu", weights_only=True))
+            from varkit.safe_load import load_torch_file
+
+            self.load_state_dict(load_torch_file(weights, what="evaluator weights file"))
         self.eval().requires_grad_(False)
         if fit_on is not None:
             from varkit.data.shards import expand_urls

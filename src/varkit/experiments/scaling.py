@@ -187,7 +187,6 @@ def collect_run(run_dir: str | Path, *, metric: str = "val/ce") -> ScalingPoint:
     scales), the final step from ``checkpoints/last.ckpt``, the batch size and devices from ``.hydra/config.yaml``
     and the final ``metric`` from ``csv/metrics.csv``. Tokens ``D = steps * global batch * tokens per sample``.
     """
-    import torch
     import yaml
 
     run = Path(run_dir)
@@ -196,7 +195,9 @@ def collect_run(run_dir: str | Path, *, metric: str = "val/ce") -> ScalingPoint:
     last = run / "checkpoints" / "last.ckpt"
     if last.is_dir():  # a distributed (FSDP2) checkpoint: the trainer state lives in meta.pt
         last = last / "meta.pt"
-    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    from varkit.safe_load import load_torch_file
+
+    checkpoint = load_torch_file(last, what="training checkpoint")
     steps = int(checkpoint["global_step"])
     trainer = cfg.get("trainer", {})
     devices = trainer.get("devices", 1)

@@ -66,6 +66,12 @@ class FSDP2Strategy(ModelParallelStrategy):
             self._data_parallel_size = world // tensor
         super().setup_environment()
 
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """Resume with ``weights_only=True`` always (distributed checkpoints bypass the CheckpointIO plugin)."""
+        from varkit.lit.safe_io import safe_checkpoint_load
+
+        return safe_checkpoint_load(super().load_checkpoint, checkpoint_path)
+
 
 def is_sharded(module: nn.Module) -> bool:
     """Whether ``module`` holds FSDP2-sharded (``DTensor``) parameters."""

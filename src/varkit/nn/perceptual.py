@@ -54,7 +54,9 @@ def load_state_file(path: str | Path) -> dict[str, Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+    from varkit.safe_load import load_torch_file
+
+    loaded = load_torch_file(path, what="perceptual-loss weights file")
     if isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict):
