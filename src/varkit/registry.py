@@ -17,6 +17,7 @@ __all__ = [
     "FEATURE_EXTRACTORS",
     "QUANTIZERS",
     "REGISTRIES",
+    "SAMPLERS",
     "SCALE_SCHEDULES",
     "DuplicateComponentError",
     "Entry",
@@ -178,6 +179,8 @@ SCALE_SCHEDULES: Registry[Any] = Registry("scale schedule")
 ATTENTION_KERNELS: Registry[Any] = Registry("attention kernel")
 CFG_SCHEDULES: Registry[Any] = Registry("guidance schedule")
 FEATURE_EXTRACTORS: Registry[Any] = Registry("feature extractor")
+#: training-free sampling speed-ups (:mod:`varkit.sampling.speedups`), switched on by name in ``sampling.speedups``
+SAMPLERS: Registry[Any] = Registry("speed-up")
 
 #: every registry by its config-group name, in the order ``varkit list`` prints them
 REGISTRIES: dict[str, Registry[Any]] = {
@@ -186,4 +189,5 @@ REGISTRIES: dict[str, Registry[Any]] = {
     "attention": ATTENTION_KERNELS,
     "cfg_schedule": CFG_SCHEDULES,
     "evaluator": FEATURE_EXTRACTORS,
+    "speedup": SAMPLERS,
 }
