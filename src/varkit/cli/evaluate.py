@@ -9,7 +9,7 @@ rows of ``literature=...``) and, for generated images, ``samples.npz`` for OpenA
 Examples::
 
     varkit eval checkpoint.var=runs/var-demo/export/var checkpoint.vqvae=runs/vqvae-demo/export/vqvae \\
-        reference.path=data/demo/val generate.per_class=20
+        reference.path=data/demo/val generate.per_class=20 sampling=fast   # sampling: conf/sampling/
     varkit eval samples.source=npz samples.path=samples.npz \\
         reference.source=npz reference.path=VIRTUAL_imagenet512.npz evaluator=inception_fid \\
         evaluator.weights=weights/pt_inception-2015-12-05-6726825d.pth
@@ -64,7 +64,7 @@ def _load_models(cfg: DictConfig, device: str) -> tuple[Any, Any]:
 
 def _samples(cfg: DictConfig, device: str) -> tuple[Any, dict[str, Any] | None, str]:
     """(uint8 NHWC images, timing dict or None, description of the source)."""
-    from varkit.config import to_plain
+    from varkit.cli.sample import sampling_config
     from varkit.errors import ConfigError
     from varkit.evaluation.npz import load_samples_npz
     from varkit.evaluation.samples import class_labels, generate_samples, load_image_folder
@@ -86,7 +86,7 @@ def _samples(cfg: DictConfig, device: str) -> tuple[Any, dict[str, Any] | None, 
     labels = class_labels(classes, int(cfg.generate.per_class))
     if limit is not None:
         labels = labels[:limit]
-    sampling = to_plain(cfg.generate.sampling)
+    sampling = sampling_config(cfg)
     images, timing = generate_samples(
         var,
         vqvae,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,22 +96,25 @@ def generate_samples(
     *,
     batch_size: int,
     seed: int,
-    sampling: Mapping[str, Any],
+    sampling: Any = None,
     warmup: bool = True,
 ) -> tuple[np.ndarray, GenerationTiming]:
     """Generate one image per label with :func:`varkit.models.var.sample_images`; ``uint8`` NHWC plus timing.
 
-    ``sampling``: keyword arguments of :meth:`VAR.generate` (``cfg``, ``cfg_schedule``, ``top_k``, ``top_p``, ...).
+    ``sampling``: a :class:`varkit.sampling.SamplingConfig` or a mapping of its fields (``cfg``, ``top_k``, ...,
+    ``speedups``); ``None``: the defaults.
     One generator seeded with ``seed`` drives all batches, so a run is reproducible for a given batch size.
     ``warmup``: first generate one untimed, discarded batch (its own generator), so one-off costs (allocator,
     kernel selection, lazy initialisation) do not inflate the time per image.
     """
     from varkit.models.var import sample_images
+    from varkit.sampling import SamplingConfig
 
+    spec = SamplingConfig.from_config(sampling)
     device = next(var.parameters()).device
     if warmup and len(labels):
         warm_generator = torch.Generator(device=device).manual_seed(seed + 1)
-        sample_images(var, vqvae, labels[:batch_size], generator=warm_generator, **sampling)
+        sample_images(var, vqvae, labels[:batch_size], sampling=spec, generator=warm_generator)
     generator = torch.Generator(device=device).manual_seed(seed)
     outputs: list[np.ndarray] = []
     batch_seconds: list[float] = []
@@ -119,7 +122,7 @@ def generate_samples(
     start = time.perf_counter()
     for first in range(0, len(labels), batch_size):
         batch_start = time.perf_counter()
-        images = sample_images(var, vqvae, labels[first : first + batch_size], generator=generator, **sampling)
+        images = sample_images(var, vqvae, labels[first : first + batch_size], sampling=spec, generator=generator)
         _synchronize(device)
         outputs.append(to_uint8_nhwc(images))
         batch_seconds.append(time.perf_counter() - batch_start)
@@ -132,7 +135,7 @@ def generate_samples(
         "threads": torch.get_num_threads(),
         "seed": seed,
         "warmup": warmup,
-        **dict(sampling),
+        "sampling": spec.as_dict(),
     }
     timing = GenerationTiming(len(labels), total, batch_seconds, settings)
     return np.concatenate(outputs), timing
