@@ -1,18 +1,28 @@
 """varkit: Visual AutoRegressive modeling (Tian et al., NeurIPS 2024) — next-scale prediction as a framework.
 
 ``import varkit`` registers the built-in components (scale schedules, guidance schedules, quantizers, attention
-kernels) and imports neither Lightning, Hydra nor Pillow; ``import varkit.evaluation`` registers the feature
-extractors. Plugins are loaded explicitly with :func:`varkit.plugins.load_plugins` (the CLI does it for you).
+kernels, sampling speed-ups) and imports neither Lightning, Hydra nor Pillow; ``import varkit.evaluation``
+registers the feature extractors. Plugins are loaded explicitly with :func:`varkit.plugins.load_plugins`
+(the CLI does it for you).
 """
 
 from varkit import (  # noqa: F401  (registers built-ins)
     attention,
     guidance,
     quantizers,
+    sampling,
     scales,
 )
 from varkit.contracts import BlockCausalMask, QuantizerOutput, Scales
-from varkit.registry import ATTENTION_KERNELS, CFG_SCHEDULES, QUANTIZERS, REGISTRIES, SCALE_SCHEDULES, Registry
+from varkit.registry import (
+    ATTENTION_KERNELS,
+    CFG_SCHEDULES,
+    QUANTIZERS,
+    REGISTRIES,
+    SAMPLERS,
+    SCALE_SCHEDULES,
+    Registry,
+)
 
 __version__ = "0.1.0"
 
@@ -21,6 +31,7 @@ __all__ = [
     "CFG_SCHEDULES",
     "QUANTIZERS",
     "REGISTRIES",
+    "SAMPLERS",
     "SCALE_SCHEDULES",
     "BlockCausalMask",
     "QuantizerOutput",
