@@ -9,7 +9,11 @@ loop is expressed here, in plain torch, so that the transformer does not know an
 * :class:`EditConstraint` — zero-shot editing (VAR Sec. 4.4): per scale, source tokens that are teacher-forced
   where a mask says so.
 * :class:`ModelRunner` — one transformer's per-call state (adaLN modulations, KV caches, positions), so a sampler
-  can hand later scales to a second model with the same tokenizer (draft / refine).
+  can hand later scales to a second model with the same tokenizer (draft / refine). It runs each block through
+  :class:`_InferenceBlock`: the block's own math with everything that is constant for the call (adaLN ``1 + scale``,
+  the fused QKV bias, the attention temperature) computed once and the elementwise steps fused (gated residuals as
+  one ``addcmul``, the QK normalisation and temperature as one multiply). On a CPU, sampling one image runs many
+  small operations, so fewer of them is what makes it faster (``benchmarks/speedups.py``).
 
 Every hook is a no-op by default: a :class:`Speedup` that plans nothing leaves the exact sampler bit-identical.
 """
@@ -21,9 +25,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-from varkit.nn.attention import KVCache
+from varkit.nn.attention import MAX_LOG_SCALE, KVCache
+from varkit.nn.block import AdaLNBlock
 
 if TYPE_CHECKING:
     from varkit.contracts import Scales
@@ -131,6 +137,63 @@ class EditConstraint:
         return torch.where(self.keep(k, indices.device), self.tokens[k].to(indices.device), indices)
 
 
+class _InferenceBlock:
+    """One :class:`~varkit.nn.block.AdaLNBlock` evaluated for KV-cached sampling with per-call constants folded in.
+
+    Same computation as ``block(x, modulation, cache=cache)`` in eval mode (dropout and drop-path are identities
+    there), up to floating-point rounding of the fused steps.
+    """
+
+    def __init__(self, block: AdaLNBlock, modulation: Tensor) -> None:
+        attention = block.attention
+        self.block, self.attention = block, attention
+        self.eps = block.norm_eps
+        self.heads, self.head_dim, self.width = attention.num_heads, attention.head_dim, attention.width
+        self.qkv_weight = attention.qkv.weight
+        self.qkv_bias = attention.qkv_bias()
+        self.proj = attention.proj
+        self.scale = attention.softmax_scale
+        self.qk_factor: Tensor | None = None
+        if attention.qk_l2_norm:
+            # queries are multiplied by the learned per-head temperature, keys by 1: one factor for both
+            temperature = attention.log_scale.clamp(max=MAX_LOG_SCALE).exp().view(1, 1, 1, self.heads, 1)
+            self.qk_factor = torch.cat((temperature, torch.ones_like(temperature)), dim=2).to(self.qkv_weight.dtype)
+        self.set_modulation(modulation)
+
+    def set_modulation(self, modulation: Tensor) -> None:
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = modulation.unbind(2)
+        self.gamma1, self.gamma2, self.shift1, self.shift2 = gamma1, gamma2, shift1, shift2
+        self.scale1, self.scale2 = scale1 + 1.0, scale2 + 1.0
+
+    @staticmethod
+    def supports(block: nn.Module) -> bool:
+        """Only plain blocks: a wrapped projection (e.g. a LoRA adapter) must run through its own forward."""
+        if type(block) is not AdaLNBlock:
+            return False
+        attention = block.attention
+        return type(attention.qkv) is nn.Linear and type(attention.proj) is nn.Linear and not block.training
+
+    def __call__(self, x: Tensor, cache: KVCache) -> Tensor:
+        b, n, width = x.shape
+        h = torch.addcmul(self.shift1, F.layer_norm(x, (width,), eps=self.eps), self.scale1)
+        qkv = F.linear(h, self.qkv_weight, self.qkv_bias).view(b, n, 3, self.heads, self.head_dim)
+        v = qkv[:, :, 2].transpose(1, 2)
+        if self.qk_factor is not None:
+            qk = qkv[:, :, :2]
+            norms = torch.linalg.vector_norm(qk, dim=-1, keepdim=True).clamp_min_(1e-12)
+            qk = qk * (self.qk_factor / norms).to(v.dtype)
+        else:
+            qk = qkv[:, :, :2]
+        q, k = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)
+        k, v = cache.append(k, v)
+        cache.observe(q, self.scale)
+        out = self.attention.kernel(q, k, v, scale=self.scale)
+        out = self.proj(out.transpose(1, 2).reshape(b, n, width))
+        x = torch.addcmul(x, out, self.gamma1)
+        h = torch.addcmul(self.shift2, F.layer_norm(x, (width,), eps=self.eps), self.scale2)
+        return torch.addcmul(x, self.block.mlp(h), self.gamma2)
+
+
 @dataclass
 class ModelRunner:
     """One transformer's state for one sampling call: conditions, adaLN modulations, KV caches, positions.
@@ -169,6 +232,8 @@ class ModelRunner:
             )
             for _ in model.blocks
         ]
+        fused = all(_InferenceBlock.supports(block) for block in model.blocks)
+        self.fused = [_InferenceBlock(block, m) for block, m in zip(model.blocks, self.modulations)] if fused else None
 
     @property
     def blocks(self) -> Sequence[Any]:
@@ -184,6 +249,8 @@ class ModelRunner:
         self.head_modulation = self.head_modulation[: self.batch]
         for cache in self.caches:
             cache.keep_rows(self.batch)
+        for step, modulation in zip(self.fused or (), self.modulations):
+            step.set_modulation(modulation)
 
     def first_input(self) -> Tensor:
         """Input of scale 1: class embedding + start tokens + positions, ``(rows, first_tokens, width)``."""
@@ -200,6 +267,10 @@ class ModelRunner:
     def run_blocks(self, x: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
         """Blocks ``start .. stop - 1`` with KV caching (every block when no range is given)."""
         stop = len(self.blocks) if stop is None else stop
+        if self.fused is not None:
+            for index in range(start, stop):
+                x = self.fused[index](x, self.caches[index])
+            return x
         for index in range(start, stop):
             x = self.blocks[index](x, self.modulations[index], cache=self.caches[index])
         return x
