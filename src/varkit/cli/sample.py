@@ -8,8 +8,9 @@ Examples::
     varkit sample sampling=fast                              # the best stack of training-free speed-ups
     varkit sample 'sampling.speedups=[{name: token_pruning, ratio: 0.4}, {name: guidance_cutoff}]'
 
-Sampling settings live under ``sampling`` (``conf/sampling/``, :class:`varkit.sampling.SamplingConfig`). The old
-top-level spellings ``cfg=``, ``cfg_schedule=``, ``top_k=``, ``top_p=``, ``temperature=``, ``smooth=`` still work:
+Sampling settings live under ``sampling`` (``conf/sampling/``, :class:`varkit.sampling.SamplingConfig`); the
+guidance schedule stays the ``cfg_schedule`` group (``cfg_schedule=cosine``), which ``sampling.cfg_schedule``
+follows. The old top-level spellings ``cfg=``, ``top_k=``, ``top_p=``, ``temperature=``, ``smooth=`` still work:
 they are rewritten to ``sampling.<key>`` (logged once).
 
 Writes ``<output>/images/<class>_<i>.png``, ``<output>/grid.png`` (one row per class) and optionally
@@ -64,7 +65,7 @@ def resolve_classes(classes: Any, num_classes: int) -> list[int]:
     return chosen
 
 
-LEGACY_SAMPLING_KEYS = ("cfg", "cfg_schedule", "top_k", "top_p", "temperature", "smooth")
+LEGACY_SAMPLING_KEYS = ("cfg", "top_k", "top_p", "temperature", "smooth")
 
 
 def sampling_config(cfg: DictConfig) -> Any:
