@@ -51,7 +51,8 @@ class TokenPruning(Speedup):
 
     Args:
         scales: the scales to prune (default: the two finest).
-        from_block: the first block that sees only the kept tokens (earlier blocks run on all of them).
+        from_block: the first block that sees only the kept tokens (earlier blocks run on all of them); past the
+            model's depth it means the last block.
         ratio: the fraction of tokens pruned (0: off).
         fill: what pruned positions hold after the last block: ``previous`` (the previous scale's final hidden
             states, upsampled: FastVAR's cached token restoration) or ``input`` (their input to ``from_block``).
@@ -74,7 +75,8 @@ class TokenPruning(Speedup):
         num_scales, depth = runner.model.scales.num_scales, len(runner.blocks)
         if self.ratio == 0.0 or k not in {_index(s, num_scales, "token_pruning scale") for s in self.scales}:
             return None
-        start = _index(self.from_block, depth, "token_pruning from_block")
+        # a model shallower than from_block still prunes its last block (one setting serves every depth)
+        start = depth - 1 if self.from_block >= depth else _index(self.from_block, depth, "token_pruning from_block")
         x = runner.run_blocks(x, 0, start)
         rows, length, width = x.shape
         keep = max(1, round(length * (1.0 - self.ratio)))
