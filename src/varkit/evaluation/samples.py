@@ -135,7 +135,7 @@ def generate_samples(
         "threads": torch.get_num_threads(),
         "seed": seed,
         "warmup": warmup,
-        "sampling": spec.as_dict(),
+        **spec.as_dict(),
     }
     timing = GenerationTiming(len(labels), total, batch_seconds, settings)
     return np.concatenate(outputs), timing
