@@ -280,5 +280,5 @@ class ModelRunner:
         return model.head(model.head_norm(x, modulation=self.head_modulation)).float()
 
     def cache_bytes(self) -> int:
-        """Bytes allocated for keys and values over all layers."""
-        return sum(c.keys.numel() * c.keys.element_size() * 2 for c in self.caches)
+        """Bytes allocated for keys and values over all layers (the buffers, also after rows were dropped)."""
+        return sum(c.keys.untyped_storage().nbytes() + c.values.untyped_storage().nbytes() for c in self.caches)
