@@ -179,12 +179,30 @@ def _child_peak(name: str, depth: int) -> None:
 
 
 # -- quality -----------------------------------------------------------------------------------------------------
-def quality(root: Path, per_class: int, seeds: list[int], batch_size: int) -> tuple[dict[str, dict[str, Any]], str]:
+def _quickstart_generator(root: Path, checkpoint: Path | None) -> tuple[Any, Any]:
+    """The quickstart's exported generator, or the EMA weights of a training checkpoint of it (``checkpoint``)."""
+    from varkit.checkpoint.generator import load_generator
+    from varkit.checkpoint.tokenizer_source import load_tokenizer
+    from varkit.models.var import VAR
+
+    if checkpoint is None:
+        var, vqvae, _ = load_generator(root / "runs" / "var-demo" / "model")
+        return var, vqvae
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    var = VAR.from_config(state["hyper_parameters"]["model"])
+    weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")}
+    weights.update(state["callbacks"]["EMA"]["shadow"])  # sample with the average, as the export does
+    var.load_state_dict(weights)
+    return var.eval(), load_tokenizer(root / "runs" / "tokenizer-demo" / "tokenizer")
+
+
+def quality(
+    root: Path, per_class: int, seeds: list[int], batch_size: int, checkpoint: Path | None = None
+) -> tuple[dict[str, dict[str, Any]], str]:
     """FID (tiny_demo) and class accuracy per row on the trained quickstart model; returns rows and a noise note."""
     import numpy as np
 
     import varkit.evaluation  # noqa: F401  (registers the feature extractors)
-    from varkit.checkpoint.generator import load_generator
     from varkit.data.shards import expand_urls
     from varkit.evaluation.extractors import build_extractor
     from varkit.evaluation.features import extract_features
@@ -194,7 +212,7 @@ def quality(root: Path, per_class: int, seeds: list[int], batch_size: int) -> tu
     from varkit.evaluation.stats import reference_from_shards
 
     torch.set_num_threads(2)
-    var, vqvae, _ = load_generator(root / "runs" / "var-demo" / "model")
+    var, vqvae = _quickstart_generator(root, checkpoint)
     vqvae.decoder_to(torch.float32)
     extractor = build_extractor({"name": "tiny", "fit_on": str(root / "data" / "demo" / "train")}).eval()
     size = int(vqvae.image_size[0])
@@ -283,6 +301,9 @@ def main() -> None:
     )
     parser.add_argument("--quality-root", type=Path, default=Path("/work/artifacts/quickstart"))
     parser.add_argument("--per-class", type=int, default=40)
+    parser.add_argument(
+        "--checkpoint", type=Path, help="a quickstart training checkpoint (EMA weights) instead of the export"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--sample-batch", type=int, default=50)
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
@@ -300,7 +321,7 @@ def main() -> None:
         for name, peak in peak_memory(args.depth).items():
             speed_rows.setdefault(name, {})["peak MiB"] = peak
     if "quality" in args.parts:
-        quality_rows, note = quality(args.quality_root, args.per_class, args.seeds, args.sample_batch)
+        quality_rows, note = quality(args.quality_root, args.per_class, args.seeds, args.sample_batch, args.checkpoint)
     print(
         f"VAR-d{args.depth} shape, fp32, {args.threads} threads, {args.clock} clock, cfg 1.5 linear, top-k 900, "
         f"top-p 0.96, 256 px decode included; median of {args.reps} round-robin runs"
