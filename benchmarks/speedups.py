@@ -246,7 +246,7 @@ def quality(
             mu, sigma = gaussian_statistics(pool)
             fids.append(float(frechet_distance(mu, sigma, reference.mu, reference.sigma)))
             accuracies.append(float((predicted == labels.numpy()).mean()))
-            print(f"  {name} seed {seed}: FID {fids[-1]:.2f}, acc {accuracies[-1]:.3f}", file=sys.stderr, flush=True)
+            print(f"  {name} seed {seed}: FID {fids[-1]:.3f}, acc {accuracies[-1]:.3f}", file=sys.stderr, flush=True)
         results[name] = {
             "FID": statistics.mean(fids),
             "FID spread": max(fids) - min(fids),
@@ -256,7 +256,7 @@ def quality(
     exact = results["exact"]
     note = (
         f"quality: quickstart model, {len(labels)} samples per seed, mean over seeds {seeds}; exact sampler "
-        f"seed-to-seed spread: FID {exact['FID spread']:.2f}, class accuracy {exact['acc spread']:.3f}; "
+        f"seed-to-seed spread: FID {exact['FID spread']:.3f}, class accuracy {exact['acc spread']:.3f}; "
         f"classifier on the {len(truth)} real val images: {ceiling:.3f} (ceiling); draft_refine: no smaller trained "
         "model shares the quickstart tokenizer"
     )
@@ -285,7 +285,7 @@ def print_matrix(
             r = ref.get(f"s/img b{batch}")
             cells += [_fmt(t, ".3f"), _fmt(r / t if (t and r) else None, ".2f")]
         cells += [_fmt(s.get("KV MiB"), ".1f"), _fmt(s.get("peak MiB"), ".0f")]
-        cells += [_fmt(q.get("FID"), ".2f"), _fmt(q.get("class acc"), ".3f")]
+        cells += [_fmt(q.get("FID"), ".3f"), _fmt(q.get("class acc"), ".3f")]
         print("| " + " | ".join(cells) + " |")
 
 
