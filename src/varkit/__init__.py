@@ -2,12 +2,12 @@
 
 The front door: ``varkit.create_model("var_d16", **overrides)`` and ``varkit.create_tokenizer("vqvae_f16")`` build
 the named presets (:data:`MODELS`, :data:`TOKENIZERS`; ``varkit list`` shows them), ``varkit.from_pretrained`` and
-``varkit.convert_official`` load weights, ``varkit.sample_images`` samples.
+``varkit.convert_official`` load weights, ``varkit.sample_images`` samples with a ``varkit.SamplingConfig``.
 
 ``import varkit`` registers the built-in components (scale schedules, guidance schedules, quantizers, attention
-kernels) and imports neither Lightning, Hydra nor Pillow; the model, checkpoint and sampling names load on first
-use. ``import varkit.evaluation`` registers the feature extractors. Plugins are loaded explicitly with
-:func:`varkit.plugins.load_plugins` (the CLI does it for you).
+kernels, sampling speed-ups) and imports neither Lightning, Hydra nor Pillow; the model, checkpoint and sampling
+names load on first use. ``import varkit.evaluation`` registers the feature extractors. Plugins are loaded
+explicitly with :func:`varkit.plugins.load_plugins` (the CLI does it for you).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from varkit import (  # noqa: F401  (registers built-ins)
     attention,
     guidance,
     quantizers,
+    sampling,
     scales,
 )
 from varkit.contracts import BlockCausalMask, QuantizerOutput, Scales
@@ -29,10 +30,12 @@ from varkit.registry import (
     MODELS,
     QUANTIZERS,
     REGISTRIES,
+    SAMPLERS,
     SCALE_SCHEDULES,
     TOKENIZERS,
     Registry,
 )
+from varkit.sampling import SamplingConfig
 
 if TYPE_CHECKING:
     from varkit.checkpoint.io import convert_official, from_pretrained
@@ -47,11 +50,13 @@ __all__ = [
     "MODELS",
     "QUANTIZERS",
     "REGISTRIES",
+    "SAMPLERS",
     "SCALE_SCHEDULES",
     "TOKENIZERS",
     "BlockCausalMask",
     "QuantizerOutput",
     "Registry",
+    "SamplingConfig",
     "Scales",
     "__version__",
     "convert_official",

@@ -48,9 +48,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from varkit.contracts import Scales
+from varkit.models.generation import EditConstraint
 
 if TYPE_CHECKING:
-    from varkit.models.var import VAR, CfgScheduleSpec
+    from varkit.models.var import VAR, SamplingSpec
 
 __all__ = [
     "SIDES",
@@ -320,13 +321,9 @@ def edit_images(
     samples: int = 1,
     rule: EditRule = "majority",
     keep_small_scales: int = 3,
-    cfg: float = 1.5,
-    cfg_schedule: CfgScheduleSpec = "linear",
-    top_k: int = 0,
-    top_p: float = 0.0,
-    temperature: float = 1.0,
-    smooth: bool = False,
+    sampling: SamplingSpec | None = None,
     generator: torch.Generator | None = None,
+    **options: Any,
 ) -> EditResult:
     """Zero-shot editing (VAR Sec. 4.4): regenerate the masked region of ``images``, teacher-forcing the rest.
 
@@ -339,8 +336,14 @@ def edit_images(
         labels: ``None`` = the null class (unconditional in-/out-painting), a class index for all sources, or one
             per source (class-conditional editing).
         samples: edits drawn per source image.
-        cfg, cfg_schedule, top_k, top_p, temperature, smooth, generator: as :meth:`VAR.generate`.
+        sampling: a :class:`varkit.sampling.SamplingConfig` (guidance, filters, speed-ups); without it the
+            :meth:`VAR.generate` keyword ``options`` (``cfg``, ``top_k``, ...) apply. generator: the randomness.
+
+    The kept tokens reach the sampler as an :class:`~varkit.models.generation.EditConstraint`.
     """
+    if sampling is not None and options:
+        raise TypeError(f"give either sampling=<SamplingConfig> or keyword options, not both ({sorted(options)})")
+    kwargs = sampling.generate_kwargs() if sampling is not None else dict(options)
     if samples < 1:
         raise ValueError(f"samples must be at least 1, got {samples}")
     scales = Scales.of(var.scales)
@@ -365,24 +368,20 @@ def edit_images(
     sources = sources.float().to(device)
     source_tokens = [t.to(device) for t in vqvae.tokenize(sources * 2.0 - 1.0)]  # type: ignore[operator]
     edited = [m.to(device) for m in token_masks(pixel_mask, scales, rule=rule, keep_small_scales=keep_small_scales)]
-    keep_tokens = [t.repeat_interleave(samples, dim=0) for t in source_tokens]
-    keep_masks = [(~m).flatten(1).repeat_interleave(samples, dim=0) for m in edited]
+    constraint = EditConstraint(
+        tokens=[t.repeat_interleave(samples, dim=0) for t in source_tokens],
+        masks=[(~m).flatten(1).repeat_interleave(samples, dim=0) for m in edited],
+    )
 
     label_values = _labels(labels, count, int(var.num_classes)).to(device)
     if bool((label_values == var.num_classes).all()):
-        cfg = 0.0  # guidance towards the null class is the null class: skip the second (unconditional) half
+        kwargs["cfg"] = 0.0  # guidance towards the null class is the null class: skip the unconditional half
     output = var.generate(
         label_values.repeat_interleave(samples),
         vqvae.quantizer,  # type: ignore[arg-type]
-        cfg=cfg,
-        cfg_schedule=cfg_schedule,
-        top_k=top_k,
-        top_p=top_p,
-        temperature=temperature,
-        smooth=smooth,
         generator=generator,
-        keep_tokens=keep_tokens,
-        keep_masks=keep_masks,
+        constraint=constraint,
+        **kwargs,
     )
     decoded = vqvae.decode_latents(output.latent)  # type: ignore[operator]
     logger.debug(

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 if TYPE_CHECKING:  # types only: the registries sit below everything they hold (docs/architecture.md)
     from varkit.contracts import AttentionKernel, GuidanceSchedule, MultiScaleQuantizer, Scales
     from varkit.evaluation.features import FeatureExtractor
+    from varkit.models.generation import Speedup
     from varkit.models.var import VAR
     from varkit.models.vqvae import VQVAE
 
@@ -25,6 +26,7 @@ __all__ = [
     "PRESETS",
     "QUANTIZERS",
     "REGISTRIES",
+    "SAMPLERS",
     "SCALE_SCHEDULES",
     "DuplicateComponentError",
     "Entry",
@@ -219,6 +221,8 @@ SCALE_SCHEDULES: Registry[Scales] = Registry("scale schedule")
 ATTENTION_KERNELS: Registry[AttentionKernel] = Registry("attention kernel")
 CFG_SCHEDULES: Registry[GuidanceSchedule] = Registry("guidance schedule")
 FEATURE_EXTRACTORS: Registry[FeatureExtractor] = Registry("feature extractor")
+#: training-free sampling speed-ups (:mod:`varkit.sampling.speedups`), switched on by name in ``sampling.speedups``
+SAMPLERS: Registry[Speedup] = Registry("speed-up")
 #: named model shapes (``var_d16`` ...): ``varkit.create_model`` and the ``model=`` config options
 MODELS: Registry[VAR] = Registry("model")
 #: named tokenizers (``vqvae_f16`` ...): ``varkit.create_tokenizer`` and the ``tokenizer=`` config options
@@ -231,6 +235,7 @@ REGISTRIES: dict[str, Registry[Any]] = {
     "attention": ATTENTION_KERNELS,
     "cfg_schedule": CFG_SCHEDULES,
     "evaluator": FEATURE_EXTRACTORS,
+    "speedup": SAMPLERS,
 }
 
 #: the preset registries by config group: their config node holds the full arguments and ``name`` is the preset it

@@ -12,6 +12,7 @@ plain data in, :class:`~varkit.errors.ConfigError` out. No OmegaConf here.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import tempfile
@@ -164,10 +165,11 @@ NUMBER_RULES: dict[str, Number] = {
     "per_class": POSITIVE_INT,
     "samples": POSITIVE_INT,
     "upscale": POSITIVE_INT,
-    "cfg": NON_NEGATIVE,
-    "top_k": NON_NEGATIVE_INT,
-    "top_p": FRACTION,
-    "temperature": POSITIVE,
+    # the old top-level sampling keys: null unless typed (then rewritten to ``sampling.<key>``)
+    "cfg": dataclasses.replace(NON_NEGATIVE, nullable=True),
+    "top_k": dataclasses.replace(NON_NEGATIVE_INT, nullable=True),
+    "top_p": dataclasses.replace(FRACTION, nullable=True),
+    "temperature": dataclasses.replace(POSITIVE, nullable=True),
     "generate.per_class": POSITIVE_INT,
     "generate.batch_size": POSITIVE_INT,
     "samples.limit": Number(integer=True, low=1, nullable=True),
@@ -176,6 +178,9 @@ NUMBER_RULES: dict[str, Number] = {
     "sampling.top_p": FRACTION,
     "sampling.temperature": POSITIVE,
 }
+
+#: boolean keys that may also be null (the old top-level ``smooth``, rewritten to ``sampling.smooth`` when typed)
+NULLABLE_BOOL_KEYS: tuple[str, ...] = ("smooth",)
 
 #: keys that take ``true``/``false`` (a typo such as ``maybe`` would otherwise count as true)
 BOOL_KEYS: tuple[str, ...] = (
@@ -190,6 +195,7 @@ BOOL_KEYS: tuple[str, ...] = (
     "gan.adaptive_weight",
     "codebook.restart",
     "smooth",
+    "sampling.smooth",
     "pngs",
     "grid",
     "npz",
@@ -261,6 +267,8 @@ def check_numbers(cfg: Mapping[str, Any], rules: Mapping[str, Number] = NUMBER_R
         raise ConfigError(f"{key}={value!r} is not allowed: expected {rule.describe()}")
     for key in BOOL_KEYS:
         value = _lookup(cfg, key)
+        if key in NULLABLE_BOOL_KEYS and value is None:
+            continue
         if value is not _MISSING and not isinstance(value, bool):
             raise ConfigError(f"{key}={value!r} is not allowed: expected true or false")
     _check_options(cfg)

@@ -3,14 +3,16 @@
 Examples::
 
     varkit edit source=cat.png box=[0.3,0.3,0.7,0.7]                       # in-paint the centre (unconditional)
-    varkit edit source=cat.png mask=hole.png samples=8 top_k=600 top_p=0.8  # in-paint a drawn mask (white = edit)
+    varkit edit source=cat.png mask=hole.png samples=8 sampling.top_k=600   # in-paint a drawn mask (white = edit)
     varkit edit source=cat.png side=right margin=0.4                        # out-paint the right 40 %
     varkit edit source=cat.png canvas.source_size=0.5                       # shrink to half, generate all around
-    varkit edit source=cat.png box=[64,64,192,192] label=3 cfg=3            # class-conditional edit of a region
+    varkit edit source=cat.png box=[64,64,192,192] label=3 sampling.cfg=3   # class-conditional edit of a region
 
 Writes ``<output>/images/edit_<i>.png``, ``<output>/source.png`` (the fitted source, as tokenized),
 ``<output>/mask.png`` (the pixel edit mask) and ``<output>/grid.png`` (source | mask | edits), then prints where.
 Tokens outside the mask are taken from the source's tokenization at every scale; see :mod:`varkit.editing`.
+Sampling settings (and speed-ups) come from ``sampling`` (``conf/sampling/``); ``sampling.cfg`` is ignored when
+the label is null. Old top-level keys (``cfg=3 top_k=600``) are rewritten to ``sampling.<key>``.
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ def run(cfg: DictConfig) -> None:
     from PIL import Image
 
     from varkit.checkpoint.generator import load_generator
-    from varkit.cli.sample import resolve_dtype
+    from varkit.cli.sample import resolve_dtype, sampling_config
     from varkit.config import to_plain
     from varkit.editing import edit_grid, edit_images
     from varkit.errors import ConfigError
@@ -112,6 +114,7 @@ def run(cfg: DictConfig) -> None:
 
     if cfg.rule not in ("any", "majority", "all"):
         raise ConfigError(f"rule must be any, majority or all, got {cfg.rule!r}")
+    sampling = sampling_config(cfg)
     device = resolve_device(str(cfg.device))
     dtype = resolve_dtype(str(cfg.precision), device)
     model_dir = Path(str(cfg.model_dir))
@@ -137,12 +140,7 @@ def run(cfg: DictConfig) -> None:
         samples=int(cfg.samples),
         rule=str(cfg.rule),  # type: ignore[arg-type]
         keep_small_scales=int(cfg.keep_small_scales),
-        cfg=float(cfg.cfg),
-        cfg_schedule=to_plain(cfg.cfg_schedule),
-        top_k=int(cfg.top_k),
-        top_p=float(cfg.top_p),
-        temperature=float(cfg.temperature),
-        smooth=bool(cfg.smooth),
+        sampling=sampling,
         generator=generator,
     )
     elapsed = time.perf_counter() - started

@@ -61,13 +61,11 @@ def _load_models(cfg: DictConfig, device: str) -> tuple[Any, Any]:
 
 
 def sampling_settings(cfg: DictConfig) -> dict[str, Any]:
-    """The sampling settings: the composed ``sampling`` group when the config has one, else ``generate.sampling``."""
-    from varkit.config import to_plain
+    """The validated ``sampling`` group (old top-level keys such as ``cfg=`` rewritten) as a plain mapping: what the
+    chunks of ``shares/`` depend on."""
+    from varkit.cli.sample import sampling_config
 
-    node = cfg.get("sampling")
-    if node is None:
-        node = cfg.generate.sampling
-    return dict(to_plain(node))
+    return sampling_config(cfg).as_dict()
 
 
 def _generation_plan(cfg: DictConfig, labels: Any, sampling: dict[str, Any]) -> dict[str, Any]:

@@ -6,8 +6,8 @@ import argparse
 import json
 
 HELP = (
-    "list registered components (quantizers, scale schedules, attention kernels, guidance schedules, evaluators)"
-    " and the model/tokenizer presets"
+    "list registered components (quantizers, scale schedules, attention kernels, guidance schedules, evaluators,"
+    " sampling speed-ups) and the model/tokenizer presets"
 )
 
 
@@ -15,7 +15,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "kind",
         nargs="?",
-        help="only this kind (quantizer, schedule, attention, cfg_schedule, evaluator, model, tokenizer)",
+        help="only this kind (quantizer, schedule, attention, cfg_schedule, evaluator, speedup, model, tokenizer)",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for kind in kinds:
         registry = REGISTRIES[kind]
-        print(f"{kind} ({registry.kind}s, config group `{kind}/`):")
+        where = "named in `sampling.speedups`" if kind == "speedup" else f"config group `{kind}/`"
+        print(f"{kind} ({registry.kind}s, {where}):")
         width = max((len(n) for n in registry.names()), default=0)
         for entry in registry.entries():
             print(f"  {entry.name:<{width}}  [{entry.origin}]  {entry.summary}")

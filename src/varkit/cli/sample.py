@@ -3,8 +3,15 @@
 Examples::
 
     varkit sample                                            # runs/var-demo/model, every class, 8 per class
-    varkit sample model_dir=runs/my-run/model classes=[0,3] per_class=16 cfg=2.0 top_k=600 top_p=0.8
-    varkit sample model_dir=weights/converted cfg_schedule=constant npz=true per_class=50 device=cuda precision=bf16
+    varkit sample model_dir=runs/my-run/model classes=[0,3] per_class=16 sampling.cfg=2.0 sampling.top_k=600
+    varkit sample sampling=var_paper npz=true per_class=50 device=cuda precision=bf16   # the paper's protocol
+    varkit sample sampling=fast                              # the best stack of training-free speed-ups
+    varkit sample 'sampling.speedups=[{name: token_pruning, ratio: 0.4}, {name: guidance_cutoff}]'
+
+Sampling settings live under ``sampling`` (``conf/sampling/``, :class:`varkit.sampling.SamplingConfig`); the
+guidance schedule stays the ``cfg_schedule`` group (``cfg_schedule=cosine``), which ``sampling.cfg_schedule``
+follows. The old top-level spellings ``cfg=``, ``top_k=``, ``top_p=``, ``temperature=``, ``smooth=`` still work:
+they are rewritten to ``sampling.<key>`` (logged once).
 
 Writes ``<output>/images/<class>_<i>.png``, ``<output>/grid.png`` (one row per class) and optionally
 ``<output>/samples.npz`` (ADM evaluator layout: ``arr_0`` uint8 NHWC), then prints where they are.
@@ -50,6 +57,27 @@ def resolve_classes(classes: Any, num_classes: int) -> list[int]:
     return chosen
 
 
+LEGACY_SAMPLING_KEYS = ("cfg", "top_k", "top_p", "temperature", "smooth")
+
+
+def sampling_config(cfg: DictConfig) -> Any:
+    """The :class:`~varkit.sampling.SamplingConfig` of a command's config: its ``sampling`` node, with the old
+    top-level keys (``cfg=1.5 top_k=900 ...``) rewritten to ``sampling.<key>``; bad values raise ConfigError."""
+    from varkit.config import to_plain
+    from varkit.sampling import SamplingConfig
+
+    values = dict(to_plain(cfg.get("sampling")) or {})
+    rewritten = []
+    for key in LEGACY_SAMPLING_KEYS:
+        value = to_plain(cfg.get(key))
+        if value is not None:
+            values[key] = value
+            rewritten.append(f"{key} -> sampling.{key}")
+    if rewritten:
+        logger.info("old sampling keys rewritten: %s", ", ".join(rewritten))
+    return SamplingConfig.from_config(values)
+
+
 def generate(
     var: Any,
     vqvae: Any,
@@ -59,7 +87,7 @@ def generate(
     batch_size: int,
     seed: int,
     progress: bool = True,
-    **sampling: Any,
+    sampling: Any = None,
 ) -> Any:
     """Images ``(len(classes) * per_class, 3, H, W)`` float in [0, 1], class-major, on the CPU."""
     import torch
@@ -72,7 +100,7 @@ def generate(
     chunks = []
     bar = tqdm(total=len(labels), desc="sampling", unit="img", disable=not progress, file=sys.stderr)
     for chunk in labels.split(max(int(batch_size), 1)):
-        images = sample_images(var, vqvae, chunk.to(var.device), generator=generator, **sampling)
+        images = sample_images(var, vqvae, chunk.to(var.device), sampling=sampling, generator=generator)
         chunks.append(images.float().cpu())
         bar.update(len(chunk))
     bar.close()
@@ -88,6 +116,7 @@ def run(cfg: DictConfig) -> None:
     from varkit.hardware import resolve_device
     from varkit.image_io import save_grid, save_npz, save_pngs, to_uint8
 
+    sampling = sampling_config(cfg)  # bad sampling settings fail before the model loads
     device = resolve_device(str(cfg.device))
     dtype = resolve_dtype(str(cfg.precision), device)
     model_dir = Path(str(cfg.model_dir))
@@ -99,14 +128,6 @@ def run(cfg: DictConfig) -> None:
     vqvae.decoder_to(dtype)  # channels-last convolutions: ~1.2x faster decoding in float32 too
     classes = resolve_classes(to_plain(cfg.classes), int(var.num_classes))
     names = info["classes"]
-    sampling = {
-        "cfg": float(cfg.cfg),
-        "cfg_schedule": to_plain(cfg.cfg_schedule),
-        "top_k": int(cfg.top_k),
-        "top_p": float(cfg.top_p),
-        "temperature": float(cfg.temperature),
-        "smooth": bool(cfg.smooth),
-    }
     started = time.perf_counter()
     images = generate(
         var,
@@ -116,7 +137,7 @@ def run(cfg: DictConfig) -> None:
         batch_size=int(cfg.batch_size),
         seed=int(cfg.seed),
         progress=bool(cfg.progress),
-        **sampling,
+        sampling=sampling,
     )
     elapsed = time.perf_counter() - started
     pixels = to_uint8(images)
@@ -142,5 +163,6 @@ def run(cfg: DictConfig) -> None:
         written.append(f"ADM npz {npz}")
     per_image = elapsed / max(len(pixels), 1)
     sys.stdout.write(f"sampled {len(pixels)} images in {elapsed:.1f} s ({per_image:.3f} s/image) on {device}\n")
+    sys.stdout.write(f"  sampling: {sampling.describe()}\n")
     for line in written:
         sys.stdout.write(f"  {line}\n")

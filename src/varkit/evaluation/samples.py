@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 
 from varkit.rng import mix_seed
+from varkit.sampling import SamplingConfig
 
 if TYPE_CHECKING:
     from varkit.models.var import VAR
@@ -127,17 +128,16 @@ def generate_share(
     labels: torch.Tensor,
     *,
     generator: torch.Generator,
-    sampling: Mapping[str, Any],
+    sampling: Mapping[str, Any] | SamplingConfig,
 ) -> torch.Tensor:
     """THE sampling call of ``varkit eval``: images ``(b, 3, H, W)`` in [0, 1] for ``labels``.
 
-    ``sampling``: the sampling settings as one mapping (today the keyword arguments of :meth:`VAR.generate`:
-    ``cfg``, ``cfg_schedule``, ``top_k``, ``top_p``, ``temperature``); every generation path of the evaluation goes
-    through here, so a change of the sampling API is adapted in this one place.
+    ``sampling``: the :class:`~varkit.sampling.SamplingConfig` or its plain mapping (the ``sampling`` config group);
+    every generation path of the evaluation goes through here.
     """
     from varkit.models.var import sample_images
 
-    return sample_images(var, vqvae, labels, generator=generator, **dict(sampling))
+    return sample_images(var, vqvae, labels, sampling=SamplingConfig.from_config(sampling), generator=generator)
 
 
 def generate_samples(
@@ -147,20 +147,22 @@ def generate_samples(
     *,
     batch_size: int,
     seed: int,
-    sampling: Mapping[str, Any],
+    sampling: Any = None,
     warmup: bool = True,
 ) -> tuple[np.ndarray, GenerationTiming]:
     """Generate one image per label with :func:`varkit.models.var.sample_images`; ``uint8`` NHWC plus timing.
 
-    ``sampling``: keyword arguments of :meth:`VAR.generate` (``cfg``, ``cfg_schedule``, ``top_k``, ``top_p``, ...).
+    ``sampling``: a :class:`varkit.sampling.SamplingConfig` or a mapping of its fields (``cfg``, ``top_k``, ...,
+    ``speedups``); ``None``: the defaults.
     One generator seeded with ``seed`` drives all batches, so a run is reproducible for a given batch size.
     ``warmup``: first generate one untimed, discarded batch (its own generator), so one-off costs (allocator,
     kernel selection, lazy initialisation) do not inflate the time per image.
     """
+    spec = SamplingConfig.from_config(sampling)
     device = next(var.parameters()).device
     if warmup and len(labels):
         warm_generator = torch.Generator(device=device).manual_seed(seed + 1)
-        generate_share(var, vqvae, labels[:batch_size], generator=warm_generator, sampling=sampling)
+        generate_share(var, vqvae, labels[:batch_size], generator=warm_generator, sampling=spec)
     generator = torch.Generator(device=device).manual_seed(seed)
     outputs: list[np.ndarray] = []
     batch_seconds: list[float] = []
@@ -168,7 +170,7 @@ def generate_samples(
     start = time.perf_counter()
     for first in range(0, len(labels), batch_size):
         batch_start = time.perf_counter()
-        images = generate_share(var, vqvae, labels[first : first + batch_size], generator=generator, sampling=sampling)
+        images = generate_share(var, vqvae, labels[first : first + batch_size], generator=generator, sampling=spec)
         _synchronize(device)
         outputs.append(to_uint8_nhwc(images))
         batch_seconds.append(time.perf_counter() - batch_start)
@@ -181,7 +183,7 @@ def generate_samples(
         "threads": torch.get_num_threads(),
         "seed": seed,
         "warmup": warmup,
-        **dict(sampling),
+        **spec.as_dict(),
     }
     timing = GenerationTiming(len(labels), total, batch_seconds, settings)
     return np.concatenate(outputs), timing

@@ -45,7 +45,7 @@ class SampleQuality(ClassSampling):
         max_reference_images: cap on reference images read from shards.
         cache_dir: where reference statistics are cached (``None``: not cached).
         use_ema: sample with the EMA weights when an EMA callback is present.
-        cfg, cfg_schedule, top_k, top_p, temperature: sampling options (see ``VAR.generate``).
+        sampling: a :class:`~varkit.sampling.SamplingConfig` or its fields (old loose ``cfg=`` etc. still override).
         kid, precision_recall: also compute these (they need reference features; cheap at small budgets).
         seed, batch_size, at_end: as in :class:`varkit.lit.var_callbacks.SampleGrid`.
     """
@@ -61,16 +61,13 @@ class SampleQuality(ClassSampling):
         max_reference_images: int | None = None,
         cache_dir: str | None = None,
         use_ema: bool = True,
-        cfg: float = 1.5,
-        cfg_schedule: str | Mapping[str, Any] = "linear",
-        top_k: int = 0,
-        top_p: float = 0.0,
-        temperature: float = 1.0,
+        sampling: Mapping[str, Any] | Any = None,
         kid: bool = False,
         precision_recall: bool = False,
         seed: int = 0,
         batch_size: int = 64,
         at_end: bool = True,
+        **legacy: Any,
     ) -> None:
         super().__init__(
             every_n_steps,
@@ -79,13 +76,10 @@ class SampleQuality(ClassSampling):
             max_classes=max_classes,
             per_class=per_class,
             use_ema=use_ema,
-            cfg=cfg,
-            cfg_schedule=cfg_schedule,
-            top_k=top_k,
-            top_p=top_p,
-            temperature=temperature,
+            sampling=sampling,
             seed=seed,
             batch_size=batch_size,
+            **legacy,
         )
         self.reference_spec = reference if isinstance(reference, str) else list(reference)
         self.evaluator_spec = dict(evaluator) if evaluator is not None else {"name": "tiny"}

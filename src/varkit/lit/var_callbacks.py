@@ -21,8 +21,9 @@ import torch
 from torch import Tensor
 
 from varkit.lit.periodic import PeriodicCallback, is_rank_zero
+from varkit.sampling import SamplingConfig
 
-__all__ = ["EMA", "ClassSampling", "SampleGrid", "Throughput", "find_ema"]
+__all__ = ["EMA", "ClassSampling", "SampleGrid", "Throughput", "find_ema", "sampling_spec"]
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +164,18 @@ class EMA(L.Callback):
         self.updates = int(state_dict["updates"])
 
 
+def sampling_spec(sampling: SamplingConfig | Mapping[str, Any] | None, legacy: Mapping[str, Any]) -> SamplingConfig:
+    """A callback's :class:`SamplingConfig`: ``sampling`` with the old loose keyword arguments (``cfg=``, ...) on
+    top; any other keyword is an error naming the accepted ones."""
+    allowed = ("cfg", "cfg_schedule", "top_k", "top_p", "temperature", "smooth")
+    unknown = sorted(set(legacy) - set(allowed))
+    if unknown:
+        raise TypeError(f"unexpected argument(s) {', '.join(unknown)}; sampling options go in sampling={{...}}")
+    spec = SamplingConfig.from_config(sampling)
+    changes = {k: v for k, v in legacy.items() if v is not None}
+    return spec.replace(**changes) if changes else spec
+
+
 def find_ema(trainer: L.Trainer) -> EMA | None:
     """The trainer's :class:`EMA` callback, if any."""
     return next((cb for cb in trainer.callbacks if isinstance(cb, EMA)), None)  # type: ignore[attr-defined]
@@ -176,9 +189,10 @@ def sample_class_grid(
     *,
     seed: int = 0,
     batch_size: int = 64,
-    **sampling: Any,
+    sampling: Any = None,
 ) -> Tensor:
-    """Images ``(len(classes) * per_class, 3, H, W)`` in [0, 1], class-major (one grid row per class)."""
+    """Images ``(len(classes) * per_class, 3, H, W)`` in [0, 1], class-major (one grid row per class);
+    ``sampling``: a :class:`varkit.sampling.SamplingConfig` (``None``: the defaults)."""
     from varkit.models.var import sample_images
 
     model = _transformer(pl_module)
@@ -189,7 +203,7 @@ def sample_class_grid(
     model.eval()
     try:
         chunks = [
-            sample_images(model, tokenizer, chunk, generator=generator, **sampling)  # type: ignore[arg-type]
+            sample_images(model, tokenizer, chunk, sampling=sampling, generator=generator)  # type: ignore[arg-type]
             for chunk in labels.split(batch_size)
         ]
     finally:
@@ -213,26 +227,17 @@ class ClassSampling(PeriodicCallback):
         max_classes: int,
         per_class: int,
         use_ema: bool,
-        cfg: float,
-        cfg_schedule: str | Mapping[str, Any],
-        top_k: int,
-        top_p: float,
-        temperature: float,
+        sampling: SamplingConfig | Mapping[str, Any] | None,
         seed: int,
         batch_size: int,
+        **legacy: Any,
     ) -> None:
         super().__init__(every_n_steps, at_end)
         self.classes = list(classes) if classes is not None else None
         self.max_classes = int(max_classes)
         self.per_class = int(per_class)
         self.use_ema = bool(use_ema)
-        self.sampling = {
-            "cfg": float(cfg),
-            "cfg_schedule": cfg_schedule if isinstance(cfg_schedule, str) else dict(cfg_schedule),
-            "top_k": int(top_k),
-            "top_p": float(top_p),
-            "temperature": float(temperature),
-        }
+        self.sampling = sampling_spec(sampling, legacy)
         self.seed = int(seed)
         self.batch_size = int(batch_size)
 
@@ -245,7 +250,12 @@ class ClassSampling(PeriodicCallback):
         started = time.perf_counter()
         with swap:
             images = sample_class_grid(
-                pl_module, classes, self.per_class, seed=self.seed, batch_size=self.batch_size, **self.sampling
+                pl_module,
+                classes,
+                self.per_class,
+                seed=self.seed,
+                batch_size=self.batch_size,
+                sampling=self.sampling,
             )
         return classes, images, time.perf_counter() - started
 
@@ -258,7 +268,9 @@ class SampleGrid(ClassSampling):
         classes: class indices to show (default: every class, up to ``max_classes``).
         per_class: images per class (grid columns).
         use_ema: sample with the EMA weights when an :class:`EMA` callback is present.
-        cfg, cfg_schedule, top_k, top_p, temperature: sampling options (see :meth:`VAR.generate`).
+        sampling: a :class:`~varkit.sampling.SamplingConfig` or its fields (``conf/sampling/``, composed under
+            ``callbacks.sample_grid.sampling``); the old loose ``cfg``, ``cfg_schedule``, ``top_k``, ``top_p``,
+            ``temperature`` arguments still override its fields.
         seed: the same seed every time, so grids of successive steps are comparable.
         upscale: nearest-neighbour enlargement of the PNG (small demo images).
         dirname: sub-directory of the run directory receiving ``step0000100.png`` etc.
@@ -272,16 +284,13 @@ class SampleGrid(ClassSampling):
         max_classes: int = 10,
         per_class: int = 8,
         use_ema: bool = True,
-        cfg: float = 1.5,
-        cfg_schedule: str | dict[str, Any] = "linear",
-        top_k: int = 0,
-        top_p: float = 0.0,
-        temperature: float = 1.0,
+        sampling: SamplingConfig | Mapping[str, Any] | None = None,
         seed: int = 0,
         batch_size: int = 64,
         upscale: int = 1,
         dirname: str = "samples",
         at_end: bool = True,
+        **legacy: Any,
     ) -> None:
         super().__init__(
             every_n_steps,
@@ -290,13 +299,10 @@ class SampleGrid(ClassSampling):
             max_classes=max_classes,
             per_class=per_class,
             use_ema=use_ema,
-            cfg=cfg,
-            cfg_schedule=cfg_schedule,
-            top_k=top_k,
-            top_p=top_p,
-            temperature=temperature,
+            sampling=sampling,
             seed=seed,
             batch_size=batch_size,
+            **legacy,
         )
         self.upscale = int(upscale)
         self.dirname = dirname

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from varkit.contracts import BlockCausalMask, GuidanceSchedule, MultiScaleQuantizer, Scales
+from varkit.models.generation import EditConstraint, GenerationPlan, ModelRunner, Speedup
 from varkit.models.sampling import (
     filter_logits,
     guided_logits,
@@ -34,7 +35,7 @@ from varkit.models.sampling import (
     smooth_temperature,
 )
 from varkit.nn.adaln import AdaLNModulation, HeadAdaLN, SharedAdaLN
-from varkit.nn.attention import KernelSpec, KVCache
+from varkit.nn.attention import KernelSpec
 from varkit.nn.block import AdaLNBlock
 from varkit.nn.embeddings import ScalePositionEmbedding
 from varkit.nn.heads import (
@@ -76,11 +77,13 @@ class GenerationOutput:
     """What :meth:`VAR.generate` returns.
 
     ``tokens[k]``: ``(b, h_k * w_k)`` int64 tokens of scale k; ``latent``: ``(b, code_dim, H, W)`` float32, the
-    latent accumulated over all scales (what the VQ-VAE decoder turns into an image).
+    latent accumulated over all scales (what the VQ-VAE decoder turns into an image); ``stats``: what the call
+    cost (``kv_cache_bytes``, ``scales_run``, and figures speed-ups add).
     """
 
     tokens: list[Tensor]
     latent: Tensor
+    stats: dict[str, Any] = field(default_factory=dict)
 
 
 class LatentDecoder(Protocol):
@@ -341,8 +344,8 @@ class VAR(nn.Module):
         temperature: float = 1.0,
         smooth: bool = False,
         generator: torch.Generator | None = None,
-        keep_tokens: Sequence[Tensor] | None = None,
-        keep_masks: Sequence[Tensor] | None = None,
+        constraint: EditConstraint | None = None,
+        speedups: Sequence[Speedup] = (),
     ) -> GenerationOutput:
         """Sample token maps coarse to fine (VAR Algorithm 2), one transformer pass per scale with a KV cache.
 
@@ -352,82 +355,125 @@ class VAR(nn.Module):
                 (``next_scale_input``).
             cfg: nominal guidance scale; ``cfg_schedule`` (a registered name of :data:`varkit.CFG_SCHEDULES`, a
                 spec mapping or a callable ``(k, K, cfg) -> t_k``) gives the weight ``t_k`` of each scale, mixing
-                ``(1 + t_k) * cond - t_k * uncond``. If every ``t_k`` is 0 the unconditional half is skipped.
+                ``(1 + t_k) * cond - t_k * uncond``. Once every remaining ``t_k`` is 0 the unconditional half is
+                dropped (from the start when all are 0).
             top_k, top_p, temperature: the usual filters (``top_k=1`` is greedy).
             smooth: the reference's "more smooth" visualisation mode: the next input is built from a Gumbel-softmax
                 mixture of code vectors instead of the sampled codes (tokens are still sampled).
             generator: the only source of randomness.
-            keep_tokens, keep_masks: zero-shot editing (VAR Sec. 4.4): per scale, ``(b, h_k*w_k)`` source tokens and
-                boolean masks; where a mask is True the source token is teacher-forced instead of the sampled one,
-                so the next scales are conditioned on it.
+            constraint: zero-shot editing (VAR Sec. 4.4, :class:`~varkit.models.generation.EditConstraint`): per
+                scale, source tokens teacher-forced where its mask is True.
+            speedups: training-free speed-ups (:class:`~varkit.models.generation.Speedup`, usually built from
+                :data:`varkit.registry.SAMPLERS` by :class:`varkit.sampling.SamplingConfig`); none = exact.
 
-        Nothing is stored on the module: the caches live for one call.
+        Nothing is stored on the module: the caches live for one call. ``GenerationOutput.stats`` reports the KV
+        cache bytes allocated and the scales run.
         """
         scales, num_scales = self.scales, self.scales.num_scales
-        if (keep_tokens is None) != (keep_masks is None):
-            raise ValueError("keep_tokens and keep_masks go together: give both (editing) or neither")
-        if keep_masks is not None and (len(keep_masks) != num_scales or len(keep_tokens or ()) != num_scales):
-            raise ValueError(f"editing needs tokens and masks for all {num_scales} scales")
-        schedule = CFG_SCHEDULES.resolve(cfg_schedule)
-        weights = [float(schedule(k, num_scales, cfg)) for k in range(num_scales)]
-        guided = any(w != 0.0 for w in weights)
-        labels = labels.to(self.device)
-        batch = labels.shape[0]
-        rows = 2 * batch if guided else batch
-        cond_labels = torch.cat((labels, torch.full_like(labels, self.num_classes))) if guided else labels
-        cond = self.class_embedding(cond_labels)
-        # The condition is fixed for the whole call: compute every adaLN modulation once, not once per scale.
-        modulations = self.block_modulations(cond)
-        head_modulation = self.head_norm.modulation(cond)
-        positions = self.position_embedding()
-        head_dim = self.width // self.num_heads
-        # under autocast the keys/values come out in the autocast dtype, not the weights' dtype
-        device_type = self.device.type
-        autocast = torch.is_autocast_enabled(device_type)
-        cache_dtype = torch.get_autocast_dtype(device_type) if autocast else self.dtype
-        caches = [
-            KVCache(rows, self.num_heads, scales.total_tokens, head_dim, dtype=cache_dtype, device=self.device)
-            for _ in self.blocks
-        ]
         if smooth and self.bits is not None:
             raise ValueError("smooth=True mixes all code vectors; a bit-wise head has 2^bits of them: use smooth=False")
+        schedule = CFG_SCHEDULES.resolve(cfg_schedule)
+        labels = labels.to(self.device)
+        batch = labels.shape[0]
+        if constraint is not None:
+            constraint.check(num_scales, batch)
+        plan = GenerationPlan(
+            weights=[float(schedule(k, num_scales, cfg)) for k in range(num_scales)],
+            last_scale=num_scales - 1,
+            models=[self] * num_scales,
+            scales=scales,
+            batch=batch,
+            cache_capacity=scales.total_tokens,
+        )
+        for speedup in speedups:
+            speedup.plan(plan)
+        last = plan.last_scale
+        if not 0 <= last < num_scales:
+            raise ValueError(f"a speed-up planned to stop after scale {last}; scales are 0..{num_scales - 1}")
         codebook = quantizer.lookup(torch.arange(self.codebook_size, device=self.device)[None])[0] if smooth else None
 
-        x = cond[:, None] + self.start_tokens.expand(rows, -1, -1) + positions[:, : scales.first_tokens]
+        runners: dict[int, ModelRunner] = {}
+        inputs: list[Tensor] = []  # the quantizer's next-scale inputs, for a model that takes over mid-way
         accumulated = torch.zeros(batch, self.code_dim, *scales.last, device=self.device)
         tokens: list[Tensor] = []
-        for k, (height, width) in enumerate(scales.sizes):
-            for block, modulation, cache in zip(self.blocks, modulations, caches):
-                x = block(x, modulation, cache=cache)
-            logits = self.head(self.head_norm(x, modulation=head_modulation)).float()
-            if guided:  # per bit on bit logits: (1 + t) cond - t uncond is elementwise
-                logits = guided_logits(logits[:batch], logits[batch:], weights[k])
+        runner: ModelRunner | None = None
+        x: Tensor | None = None
+        for k in range(last + 1):
+            height, width = scales.sizes[k]
+            model = plan.models[k]
+            if runner is None or model is not runner.model:
+                runner = self._runner_for(model, labels, plan, runners, inputs, k)
+                x = runner.first_input() if k == 0 else runner.embed(k, inputs[k - 1])
+            assert x is not None
+            if not plan.guided_from(k) and runner.rows != batch:
+                runner.drop_unconditional()
+                x = x[:batch]
+            for speedup in speedups:
+                speedup.before_scale(k, runner)
+            hidden = None
+            for speedup in speedups:
+                hidden = speedup.run_blocks(k, x, runner)
+                if hidden is not None:
+                    break
+            if hidden is None:
+                hidden = runner.run_blocks(x)
+            runner.last_hidden = hidden
+            logits = runner.head(hidden)
+            if runner.rows != batch:  # per bit on bit logits: (1 + t) cond - t uncond is elementwise
+                logits = guided_logits(logits[:batch], logits[batch:], plan.weights[k])
             logits = self._mask(logits, scales.slice(k))  # after guidance: -inf - (-inf) would be nan
             if self.bits is not None:
                 indices = sample_bits(logits, top_k=top_k, top_p=top_p, temperature=temperature, generator=generator)
             else:
                 indices = sample_tokens(logits, top_k=top_k, top_p=top_p, temperature=temperature, generator=generator)
-            if keep_masks is not None and keep_tokens is not None:
-                keep = keep_masks[k].to(indices.device)
-                indices = torch.where(keep, keep_tokens[k].to(indices.device), indices)
+            if constraint is not None:
+                indices = constraint.apply(k, indices)
             tokens.append(indices)
             if codebook is not None:
                 progress = k / (num_scales - 1) if num_scales > 1 else 1.0
                 filtered = filter_logits(logits, top_k=top_k, top_p=top_p, temperature=temperature)
                 soft = gumbel_softmax(filtered * (1.0 + progress), smooth_temperature(progress), generator=generator)
                 codes = soft @ codebook
-                if keep_masks is not None:
-                    codes = torch.where(keep[..., None], quantizer.lookup(indices), codes)
+                if constraint is not None:
+                    codes = torch.where(constraint.keep(k, codes.device)[..., None], quantizer.lookup(indices), codes)
             else:
                 codes = quantizer.lookup(indices)
             code_map = codes.transpose(1, 2).reshape(batch, self.code_dim, height, width)
             accumulated, following = quantizer.next_scale_input(k, accumulated, code_map, scales)
-            if k + 1 < num_scales:
-                following = following.flatten(2).transpose(1, 2).to(self.dtype)
-                x = self.word_embedding(following) + positions[:, scales.slice(k + 1)]
-                if guided:
-                    x = torch.cat((x, x))
-        return GenerationOutput(tokens=tokens, latent=accumulated)
+            for speedup in speedups:
+                speedup.after_scale(k, runner)
+            if k < last:
+                following = following.flatten(2).transpose(1, 2)
+                inputs.append(following)
+                if plan.models[k + 1] is runner.model:
+                    x = runner.embed(k + 1, following)
+        stats = {
+            "scales_run": last + 1,
+            "kv_cache_bytes": sum(r.cache_bytes() for r in runners.values()),
+            **{key: value for r in runners.values() for key, value in r.stats.items()},
+        }
+        return GenerationOutput(tokens=tokens, latent=accumulated, stats=stats)
+
+    @staticmethod
+    def _runner_for(
+        model: VAR,
+        labels: Tensor,
+        plan: GenerationPlan,
+        runners: dict[int, ModelRunner],
+        inputs: list[Tensor],
+        k: int,
+    ) -> ModelRunner:
+        """The runner of ``model``; a model taking over at scale ``k`` first fills its KV cache with scales < k."""
+        if id(model) in runners:
+            return runners[id(model)]
+        runner = ModelRunner(model, labels, guided=plan.guided_from(k), plan=plan)
+        runners[id(model)] = runner
+        if k > 0:
+            # prefill: the coarse scales hold few tokens, so re-running them costs little (CoDe, Sec. 3)
+            runner.run_blocks(runner.first_input())
+            for j in range(1, k):
+                runner.run_blocks(runner.embed(j, inputs[j - 1]))
+        return runner
 
     # -- construction helpers -------------------------------------------------------------------------------------
     @classmethod
@@ -450,20 +496,40 @@ class VAR(nn.Module):
         return f"scales={self.scales.describe()}, num_classes={self.num_classes}, codebook_size={self.codebook_size}"
 
 
+class SamplingSpec(Protocol):
+    """What :func:`sample_images` needs of a sampling spec (:class:`varkit.sampling.SamplingConfig`)."""
+
+    def generate_kwargs(self) -> dict[str, Any]: ...
+
+
 @torch.inference_mode()
 def sample_images(
     var: VAR,
     vqvae: nn.Module,
     labels: Tensor,
     *,
+    sampling: SamplingSpec | None = None,
     generator: torch.Generator | None = None,
-    **sampling: Any,
+    constraint: EditConstraint | None = None,
+    **options: Any,
 ) -> Tensor:
     """Generate with ``var`` using ``vqvae.quantizer`` and decode with ``vqvae``: images ``(b, 3, H, W)`` in [0, 1].
 
-    ``sampling`` is forwarded to :meth:`VAR.generate` (``cfg``, ``cfg_schedule``, ``top_k``, ``top_p``, ...).
-    The VQ-VAE must expose ``quantizer`` and ``decode_latents(latent) -> images in [-1, 1]`` (:class:`VQVAE`).
+    ``sampling``: a :class:`varkit.sampling.SamplingConfig` (guidance, filters, speed-ups); without it the
+    :meth:`VAR.generate` keyword arguments in ``options`` (``cfg``, ``top_k``, ...) apply, as before the spec
+    existed. ``constraint``: zero-shot editing. The VQ-VAE must expose ``quantizer`` and
+    ``decode_latents(latent) -> images in [-1, 1]`` (:class:`VQVAE`).
     """
-    out = var.generate(labels, vqvae.quantizer, generator=generator, **sampling)  # type: ignore[arg-type]
+    if sampling is not None:
+        if options:
+            raise TypeError(f"give either sampling=<SamplingConfig> or keyword options, not both ({sorted(options)})")
+        options = sampling.generate_kwargs()
+    out = var.generate(
+        labels,
+        vqvae.quantizer,  # type: ignore[arg-type]
+        generator=generator,
+        constraint=constraint,
+        **options,
+    )
     images = vqvae.decode_latents(out.latent)  # type: ignore[operator]
     return images.float().clamp(-1.0, 1.0).add(1.0).mul(0.5)

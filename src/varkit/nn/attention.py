@@ -56,6 +56,14 @@ class KVCache:
     def reset(self) -> None:
         self.length = 0
 
+    def keep_rows(self, rows: int) -> None:
+        """Keep only the first ``rows`` batch rows (e.g. the conditional half once guidance is switched off)."""
+        self.keys, self.values = self.keys[:rows], self.values[:rows]
+
+    def observe(self, queries: Tensor, scale: float) -> None:
+        """Called with the current queries after each :meth:`append`; a no-op here (a cache that evicts by
+        attention importance overrides it)."""
+
     def append(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
         """Store ``(b, heads, n, head_dim)`` keys/values after the cached ones; return all ``length + n`` of them."""
         start, stop = self.length, self.length + keys.shape[2]
@@ -126,6 +134,7 @@ class SelfAttention(nn.Module):
             q, k = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2)
         if cache is not None:
             k, v = cache.append(k, v)
+            cache.observe(q, self.softmax_scale)
         dropout_p = self.attention_dropout if self.training else 0.0
         out = self.kernel(q, k, v, mask=mask, dropout_p=dropout_p, scale=self.softmax_scale)
         out = self.proj(out.transpose(1, 2).reshape(b, n, self.width))
