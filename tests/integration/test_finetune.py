@@ -83,7 +83,9 @@ def test_lora_finetune_trains_adapters_and_exports_plain_weights(base: dict[str,
     assert images.shape == (2, 3, 16, 16)
 
 
-def test_shape_mismatch_is_one_sentence_and_nothing_trains(base: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+def test_shape_mismatch_is_one_sentence_and_nothing_trains(
+    base: dict[str, Path], capsys: pytest.CaptureFixture
+) -> None:
     assert _finetune(base, "ft-bad", "model.width=96", "model.num_heads=2") == 2
     err = capsys.readouterr().err.strip()
     assert "has shape" in err and "in the checkpoint but" in err and "(" in err
@@ -125,8 +127,9 @@ def test_tokenizer_decoder_only_finetune_keeps_the_token_space(base: dict[str, P
         "optim.lr=1e-3",
     ]
     assert main(["train-tokenizer", *overrides]) == 0
-    before, after = load_file(base["tokenizer"] / "model.safetensors"), load_file(
-        root / "runs" / "tok-ft" / "tokenizer" / "model.safetensors"
+    before, after = (
+        load_file(base["tokenizer"] / "model.safetensors"),
+        load_file(root / "runs" / "tok-ft" / "tokenizer" / "model.safetensors"),
     )
     for name in before:
         if name.startswith(("encoder.", "quant_conv.", "quantizer.")):

@@ -122,7 +122,7 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
         else:
             classes = dataset_classes(cfg, datamodule)
             if classes is not None and len(classes) != int(arguments.get("num_classes", len(classes))):
-                logger.info("model.num_classes=%s set to the dataset's %d classes", arguments["num_classes"], len(classes))
+                logger.info("model.num_classes=%s set to the data's %d classes", arguments["num_classes"], len(classes))
             if classes is not None:
                 arguments["num_classes"] = len(classes)
             initialize = initializer(cfg, classes)
@@ -155,7 +155,6 @@ def export_state(module: Any, trainer: Any, cfg: DictConfig) -> dict[str, Any]:
     """
     from varkit.lit.fsdp import full_state_dict
     from varkit.lit.var_callbacks import find_ema
-
     from varkit.training.finetune import has_lora, merge_lora
 
     state = full_state_dict(module.model)

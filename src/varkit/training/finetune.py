@@ -72,7 +72,8 @@ def merged_options(defaults: Mapping[str, Any], given: Mapping[str, Any] | None,
     given = dict(given or {})
     unknown = sorted(set(given) - set(defaults))
     if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in '{where}'; known keys: {', '.join(sorted(defaults))}")
+        known = ", ".join(sorted(defaults))
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in '{where}'; known keys: {known}")
     out = dict(defaults)
     for key, value in given.items():
         if isinstance(defaults[key], Mapping) and value is not None:
@@ -131,7 +132,7 @@ def _inject_lora(model: nn.Module, lora: Mapping[str, Any]) -> None:
             f"finetune.lora.target_modules {absent} name no nn.Linear of the model; known: {', '.join(sorted(present))}"
         )
     also = [str(p) for p in lora["also_train"]]
-    for name, parameter in model.named_parameters():
+    for parameter in model.parameters():
         parameter.requires_grad_(False)
     config = LoraConfig(
         r=int(lora["rank"]),
