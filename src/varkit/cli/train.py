@@ -115,16 +115,17 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
                 f"uses {[tuple(s) for s in tokenizer.scales.sizes]}: re-run `varkit data tokenize` with it"
             )
     plain = to_plain(cfg)
+    # the class embedding follows the data's classes.json (export.classes or beside the shards) when there is one
+    classes = dataset_classes(cfg, datamodule)
+    if classes is not None and len(classes) != int(arguments.get("num_classes", len(classes))):
+        logger.info("model.num_classes=%s set to the data's %d classes", arguments["num_classes"], len(classes))
+    if classes is not None:
+        arguments["num_classes"] = len(classes)
     initialize = None
     if cfg.get("init_from"):
         if will_resume(cfg):
             logger.info("init_from=%s ignored: resuming this run from its own last.ckpt", cfg.init_from)
         else:
-            classes = dataset_classes(cfg, datamodule)
-            if classes is not None and len(classes) != int(arguments.get("num_classes", len(classes))):
-                logger.info("model.num_classes=%s set to the data's %d classes", arguments["num_classes"], len(classes))
-            if classes is not None:
-                arguments["num_classes"] = len(classes)
             initialize = initializer(cfg, classes)
     if plain.get("finetune", {}).get("lora", {}).get("rank", 0) and "fsdp" in str(cfg.trainer.get("strategy", "")):
         raise ConfigError("finetune.lora is not supported with FSDP (trainer=fsdp); use ddp or a single device")
