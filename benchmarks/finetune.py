@@ -150,9 +150,35 @@ def main() -> None:
     from varkit.data.shards import read_classes, write_classes
 
     quickstart, work = args.quickstart.resolve(), args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
     tokenizer = (args.tokenizer or quickstart / "runs" / "tokenizer-demo" / "tokenizer").resolve()
     demo, tokens = quickstart / "data" / "demo", quickstart / "data" / "demo_tokens"
-    work.mkdir(parents=True, exist_ok=True)
+    if not (tokenizer / "config.json").is_file():  # the quickstart's tokenizer run not finished: its last snapshot
+        from varkit.checkpoint.export import export_tokenizer_checkpoint
+
+        snapshots = sorted((quickstart / "runs" / "tokenizer-demo" / "checkpoints").glob("step*.ckpt"))
+        tokenizer = export_tokenizer_checkpoint(snapshots[-1], work / "tokenizer")
+        print(f"using the tokenizer snapshot {snapshots[-1].name} (exported to {tokenizer})")
+    if not (tokens / "train" / "tokens.json").is_file():
+        tokens = work / "demo_tokens"
+        for split, flip in (("train", ["--flip"]), ("val", [])):
+            if not (tokens / split / "tokens.json").is_file():
+                command = [
+                    sys.executable,
+                    "-m",
+                    "varkit",
+                    "data",
+                    "tokenize",
+                    "--tokenizer",
+                    str(tokenizer),
+                    "--input",
+                    str(demo / split),
+                    "--output",
+                    str(tokens / split),
+                    "--no-progress",
+                    *flip,
+                ]
+                subprocess.run(command, check=True, capture_output=True)  # fmt: skip
     classes = read_classes(demo)
     write_classes(work / "classes5", classes[:5])
     for split in ("train", "val"):

@@ -84,7 +84,7 @@ def test_real_photos_at_256px_through_both_fine_tunes(photos: Path) -> None:
         f"init_from={root / 'weights/vqvae'}", "finetune.decoder_only=true",
         "finetune.freeze=[post_quant_conv,decoder.stem,decoder.middle,decoder.stages]",
         f"data.train_urls={root / 'data/flat'}", f"data.val_urls={root / 'data/flat'}", "data.image_size=256",
-        "data.mid_reso=1.0", "data.batch_size=2", "data.hflip=false", "trainer.max_steps=3", "optim.lr=1e-2",
+        "data.mid_reso=1.0", "data.batch_size=2", "data.hflip=false", "trainer.max_steps=3", "optim.lr=2e-3",
         "optim.warmup_steps=1", "callbacks.model_checkpoint.every_n_train_steps=3", *common,
     ]) == 0  # fmt: skip
     tuned = load_file(tokenizer_run / "tokenizer" / "model.safetensors")
