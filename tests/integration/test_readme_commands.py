@@ -124,6 +124,6 @@ def test_every_readme_command_runs_on_real_photographs(tmp_path: Path, monkeypat
     assert sorted(exported) == ["cat", "microscopy", "space"]
     report = json.loads((tmp_path / "runs" / "var-d16-mine" / "init_report.json").read_text())
     assert report["classes"]["kept"] == {"cat": 281, "space": 812} and report["classes"]["new"] == ["microscopy"]
-    pngs = sorted((tmp_path / "runs" / "var-d16-mine" / "samples").glob("*.png"))
-    assert pngs and Image.open(pngs[0]).size[0] >= 256
+    pngs = sorted((tmp_path / "runs" / "var-d16-mine" / "samples" / "images").glob("*.png"))
+    assert len(pngs) == 3 and Image.open(pngs[0]).size == (256, 256)  # one per class, at the released size
     assert (tmp_path / "runs" / "tokenizer-finetune" / "tokenizer" / "model.safetensors").is_file()

@@ -145,5 +145,5 @@ def test_real_photos_at_256px_through_both_fine_tunes(photos: Path) -> None:
     # 4. the LoRA export reloads and samples at 256 px with plain `varkit sample`
     assert main(["sample", f"model_dir={lora / 'model'}", "classes=[0]", "per_class=1", "device=cpu",
                  "precision=fp32", "progress=false", "grid=false", f"output={root / 'samples'}"]) == 0  # fmt: skip
-    (png,) = sorted((root / "samples").glob("*.png"))
+    (png,) = sorted((root / "samples" / "images").glob("*.png"))
     assert Image.open(png).size == (256, 256)
