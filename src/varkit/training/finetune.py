@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LORA: dict[str, Any] = {
     "rank": 0,
-    "alpha": 16.0,
+    "alpha": 16,
     "dropout": 0.0,
     "target_modules": ["qkv", "proj", "fc1", "fc2"],
     "also_train": ["class_embedding"],
@@ -105,7 +105,7 @@ def has_lora(model: nn.Module) -> bool:
 def apply_var_finetune(model: nn.Module, options: Mapping[str, Any] | None) -> dict[str, Any]:
     """Freeze parts of a VAR and/or add LoRA adapters in place (options: :data:`DEFAULT_VAR_FINETUNE`)."""
     settings = merged_options(DEFAULT_VAR_FINETUNE, options, "finetune")
-    blocks = model.blocks  # type: ignore[union-attr]
+    blocks: nn.ModuleList = model.blocks  # type: ignore[assignment]
     freeze_blocks = int(settings["freeze_blocks"])
     if not 0 <= freeze_blocks <= len(blocks):
         raise ConfigError(f"finetune.freeze_blocks={freeze_blocks} is outside 0..{len(blocks)} (the model's depth)")
@@ -136,7 +136,7 @@ def _inject_lora(model: nn.Module, lora: Mapping[str, Any]) -> None:
         parameter.requires_grad_(False)
     config = LoraConfig(
         r=int(lora["rank"]),
-        lora_alpha=float(lora["alpha"]),
+        lora_alpha=int(lora["alpha"]),
         lora_dropout=float(lora["dropout"]),
         target_modules=targets,
         bias="none",
