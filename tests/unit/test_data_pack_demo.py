@@ -89,7 +89,9 @@ def test_pack_flat_folder_with_csv_resized_then_read_back_by_the_datamodule(tmp_
         expected[f"{i}.png"] = (i % 3, np.asarray(image))
     (source / "labels.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "out"
-    summary = pack_images(source, out, labels_file=source / "labels.csv", resolution=16, image_format="png")
+    summary = pack_images(
+        source, out, labels_file=source / "labels.csv", resolution=16, image_format="png", order="sorted"
+    )
     assert summary.samples == 6 and not summary.skipped
     assert read_classes(out) == ["0", "1", "2"]
     for fields in _read_shards(out).values():

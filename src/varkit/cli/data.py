@@ -23,6 +23,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     pack.add_argument("--workers", type=int, default=1, help="decode/resize processes (output does not depend on it)")
     pack.add_argument("--no-metadata", action="store_true", help="do not write KEY.json (original path, class)")
     pack.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pack.add_argument(
+        "--order",
+        default="shuffle",
+        choices=["shuffle", "sorted"],
+        help="shuffle (default): seeded permutation, every shard mixes the classes; sorted: folder order",
+    )
+    pack.add_argument("--seed", type=int, default=0, help="seed of the shuffle (recorded in pack.json)")
 
     demo = sub.add_parser("demo", help="write the built-in demo dataset (coloured shapes, 10 classes)")
     demo.add_argument("output", help="folder for train/, val/, classes.json, info.json")
@@ -62,9 +69,12 @@ def _pack(args: argparse.Namespace) -> int:
         workers=args.workers,
         metadata=not args.no_metadata,
         progress=not args.no_progress,
+        order=args.order,
+        seed=args.seed,
     )
+    order = f"shuffled across shards with seed {summary.seed}" if summary.order == "shuffle" else "in sorted order"
     print(f"wrote {summary.samples} samples in {len(summary.shards)} shards to {args.output}")
-    print(f"{len(summary.classes)} classes -> {args.output}/classes.json")
+    print(f"{len(summary.classes)} classes -> {args.output}/classes.json; samples {order} ({args.output}/pack.json)")
     if summary.skipped:
         print(f"skipped {len(summary.skipped)} unreadable files:")
         for line in summary.skipped:

@@ -7,6 +7,10 @@ Examples::
     varkit train model=var_d16 tokenizer.path=weights/vqvae data=... trainer=gpu logger=wandb
     varkit train trainer=ddp_cpu trainer.max_steps=10     # 2 CPU processes (gloo)
 
+Fine-tuning: ``init_from=DIR`` starts from the weights of a ``varkit convert`` output or an earlier export
+(:mod:`varkit.checkpoint.init`: strict, class rows remapped to the dataset's ``classes.json``), ``finetune.*``
+chooses what trains (frozen blocks/embeddings, LoRA). A LoRA fine-tune is merged into plain weights on export.
+
 The run directory is ``runs/<name>``: re-running the same command resumes from ``checkpoints/last.ckpt`` (step,
 optimiser, LR schedule, EMA, data-stream position and RNG states). At the end the transformer (EMA weights when
 the EMA callback is on) and a reference to its tokenizer are exported to ``runs/<name>/model/`` for
@@ -16,6 +20,7 @@ the EMA callback is on) and a reference to its tokenizer are exported to ``runs/
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import sys
 from collections.abc import Iterator, Mapping
@@ -44,6 +49,42 @@ def find_classes(urls: Any) -> list[str] | None:
     return None
 
 
+def will_resume(cfg: DictConfig) -> bool:
+    """Whether this run continues from its own ``checkpoints/last*.ckpt``."""
+    checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+    return bool(cfg.get("resume", True)) and any(checkpoints.glob("last*.ckpt"))
+
+
+def dataset_classes(cfg: DictConfig, datamodule: Any) -> list[str] | None:
+    """The training data's class names: ``export.classes``, else a ``classes.json`` beside the training shards."""
+    from varkit.data.shards import read_classes
+
+    classes_file = cfg.export.get("classes")
+    return read_classes(classes_file) if classes_file else find_classes(getattr(datamodule, "train_urls", None))
+
+
+def initializer(cfg: DictConfig, classes: list[str] | None) -> Any:
+    """The ``initialize`` callable for :class:`VARModule`: ``init_from`` with the class remap, report saved."""
+    from varkit.checkpoint.init import initialize_from
+
+    source = cfg.get("init_from")
+    finetune = cfg.get("finetune") or {}
+    report_path = Path(cfg.paths.output_dir) / "init_report.json"
+
+    def initialize(model: Any) -> None:
+        report = initialize_from(
+            model,
+            str(source),
+            strict=bool(finetune.get("strict", True)),
+            classes=classes,
+            class_map=finetune.get("class_map"),
+        )
+        report.write(report_path)
+        logger.info("initialisation report: %s", report_path)
+
+    return initialize
+
+
 def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
     """``(module, datamodule, trainer)`` from a composed ``train_var`` config (no training yet)."""
     import lightning as L
@@ -51,6 +92,7 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
 
     from varkit.checkpoint.tokenizer_source import load_tokenizer, resolve_tokenizer_dir
     from varkit.config import instantiate_group, safe_instantiate, to_plain
+    from varkit.errors import ConfigError
     from varkit.lit.var_module import VARModule
     from varkit.models.factory import model_arguments
     from varkit.rng import mix_seed
@@ -67,6 +109,20 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
 
         check_token_info(token_info, tokenizer, tokenizer_dir)
     plain = to_plain(cfg)
+    # the class embedding follows the data's classes.json (export.classes or beside the shards) when there is one
+    classes = dataset_classes(cfg, datamodule)
+    if classes is not None and len(classes) != int(arguments.get("num_classes", len(classes))):
+        logger.info("model.num_classes=%s set to the data's %d classes", arguments["num_classes"], len(classes))
+    if classes is not None:
+        arguments["num_classes"] = len(classes)
+    initialize = None
+    if cfg.get("init_from"):
+        if will_resume(cfg):
+            logger.info("init_from=%s ignored: resuming this run from its own last.ckpt", cfg.init_from)
+        else:
+            initialize = initializer(cfg, classes)
+    if plain.get("finetune", {}).get("lora", {}).get("rank", 0) and "fsdp" in str(cfg.trainer.get("strategy", "")):
+        raise ConfigError("finetune.lora is not supported with FSDP (trainer=fsdp); use ddp or a single device")
     module = VARModule(
         arguments,
         optim=plain["optim"],
@@ -76,6 +132,8 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
         seed=int(cfg.seed),
         tokenizer=tokenizer,
         tokenizer_path=str(tokenizer_dir),
+        finetune=plain.get("finetune"),
+        initialize=initialize,
     )
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = build_loggers(cfg.get("logger"))  # W&B goes offline by itself without credentials
@@ -92,11 +150,17 @@ def export_state(module: Any, trainer: Any, cfg: DictConfig) -> dict[str, Any]:
     """
     from varkit.lit.fsdp import full_state_dict
     from varkit.lit.var_callbacks import find_ema
+    from varkit.training.finetune import has_lora, merge_lora
 
     state = full_state_dict(module.model)
     ema = find_ema(trainer) if cfg.export.get("ema", True) else None
     if ema is not None and ema.shadow:
         state.update(ema.full_shadow())
+    if has_lora(module.model):
+        # fold the adapters (EMA-averaged A and B when EMA is on) into plain weights: `varkit sample` needs no peft
+        holder = copy.deepcopy(module.model).cpu()
+        holder.load_state_dict({k: v.cpu() for k, v in state.items()}, strict=True)
+        state = merge_lora(holder).state_dict()
     return {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in state.items()}
 
 
@@ -108,7 +172,6 @@ def export_model(
     ``state``: from :func:`export_state` (needed when the model is sharded; computed here otherwise).
     """
     from varkit.checkpoint.generator import write_generator
-    from varkit.data.shards import read_classes
     from varkit.lit.var_callbacks import find_ema
     from varkit.models.var import VAR
 
@@ -118,8 +181,7 @@ def export_model(
     model.load_state_dict(dict(state), strict=True)
     model = model.cpu().float().eval()
     ema = find_ema(trainer) if cfg.export.get("ema", True) else None
-    classes_file = cfg.export.get("classes")
-    classes = read_classes(classes_file) if classes_file else find_classes(getattr(datamodule, "train_urls", None))
+    classes = dataset_classes(cfg, datamodule)  # the new class names after a class-remapping fine-tune
     extra = {"ema": ema is not None, "global_step": int(trainer.global_step)}
     return write_generator(model, cfg.export.dir, module.hparams["tokenizer_path"], classes=classes, extra=extra)
 
@@ -141,9 +203,9 @@ def relaunchable_argv(command: str) -> Iterator[None]:
 
 
 def run(cfg: DictConfig) -> None:
-    module, datamodule, trainer = build_training(cfg)
     checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
-    resume = bool(cfg.get("resume", True)) and any(checkpoints.glob("last*.ckpt"))
+    resume = will_resume(cfg)
+    module, datamodule, trainer = build_training(cfg)
     if resume:
         logger.info("resuming from %s", checkpoints / "last.ckpt")
     from varkit.tracking import finish_wandb_runs

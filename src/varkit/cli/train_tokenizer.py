@@ -11,6 +11,10 @@ The run directory is ``runs/<name>``: re-running the same command resumes from i
 (step, optimisers, discriminator, LR schedules, codebook statistics and the data position). At the end the
 tokenizer is exported to ``runs/<name>/tokenizer/`` (``config.json`` + ``model.safetensors``).
 ``trainer.max_steps`` counts training batches (generator updates), also with the discriminator on.
+
+Fine-tuning: ``init_from=DIR`` starts from a converted release (``varkit convert vae_ch160v4096z32.pth ...``) or an
+earlier ``<run>/tokenizer`` export (strict, :mod:`varkit.checkpoint.init`); ``finetune.decoder_only=true`` trains
+the decoder only and keeps the token space (a transformer trained on the old tokens stays valid).
 """
 
 from __future__ import annotations
@@ -54,7 +58,14 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
             "gan.enabled needs trainer.strategy=ddp_find_unused_parameters_true under DDP (two backward passes per "
             "step, each leaving one network without gradients)"
         )
-    module = TokenizerModule.from_config(cfg)
+    initialize = None
+    if cfg.get("init_from"):
+        checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+        if bool(cfg.get("resume", True)) and any(checkpoints.glob("last*.ckpt")):
+            logger.info("init_from=%s ignored: resuming this run from its own last.ckpt", cfg.init_from)
+        else:
+            initialize = _initializer(cfg)
+    module = TokenizerModule.from_config(cfg, initialize=initialize)
     image_size = module.vae.image_size
     data_size = cfg.data.get("image_size")
     if data_size is not None and tuple(data_size if not isinstance(data_size, int) else (data_size, data_size)) != (
@@ -68,6 +79,19 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
     loggers = build_loggers(cfg.get("logger"))
     trainer = safe_instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return module, datamodule, trainer
+
+
+def _initializer(cfg: DictConfig) -> Any:
+    from varkit.checkpoint.init import initialize_from
+
+    strict = bool((cfg.get("finetune") or {}).get("strict", True))
+    report_path = Path(cfg.paths.output_dir) / "init_report.json"
+
+    def initialize(vae: Any) -> None:
+        initialize_from(vae, str(cfg.init_from), strict=strict).write(report_path)
+        logger.info("initialisation report: %s", report_path)
+
+    return initialize
 
 
 def run(cfg: DictConfig) -> None:

@@ -6,9 +6,16 @@ Two input layouts:
 * flat folder + labels file — a CSV (``filename,label`` rows, optional header) or a JSON object
   ``{filename: label}``; labels are class names or integers.
 
-Files are visited in sorted order and decoded/resized by a process pool whose results are consumed in order, so
-the shards (written by :class:`varkit.data.shards.ShardWriter`, fixed tar headers) are byte-identical across
-runs and worker counts. Unreadable files are skipped and listed in the summary.
+Files are listed in sorted order, then (by default, ``order="shuffle"``) permuted with a seeded generator before
+they are written, and decoded/resized by a process pool whose results are consumed in order, so the shards
+(written by :class:`varkit.data.shards.ShardWriter`, fixed tar headers) are byte-identical across runs and worker
+counts for one seed. Unreadable files are skipped and listed in the summary.
+
+Why shuffle across shards: webdataset shuffles only inside a buffer (``shuffle_buffer`` samples) over a few open
+shards. Packed in sorted class order, each shard holds one or two classes, so a training batch draws from a
+handful of classes at a time and a validation grid of the first batch shows a single class. A seeded permutation
+gives every shard a near-uniform class mix; the seed and order are recorded in ``pack.json`` beside
+``classes.json``. ``order="sorted"`` keeps the folder order (e.g. to diff two packs of a growing folder).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import io
 import json
 import logging
 import multiprocessing
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,13 +36,16 @@ from PIL import Image
 from varkit.data.shards import ShardWriter, write_classes
 from varkit.data.transforms import center_crop, resize_shorter_side
 
-__all__ = ["PackSummary", "pack_images"]
+__all__ = ["PACK_INFO_FILE", "PackSummary", "pack_images"]
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 PIL_FORMAT_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 SAVE_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+ORDERS = ("shuffle", "sorted")
+#: written beside ``classes.json``: how the shards were packed (order, seed, counts)
+PACK_INFO_FILE = "pack.json"
 
 
 @dataclass
@@ -45,6 +56,8 @@ class PackSummary:
     skipped: list[str] = field(default_factory=list)
     shards: list[str] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
+    order: str = "shuffle"
+    seed: int | None = 0
 
 
 @dataclass(frozen=True)
@@ -156,6 +169,8 @@ def pack_images(
     workers: int = 1,
     metadata: bool = True,
     progress: bool = False,
+    order: str = "shuffle",
+    seed: int = 0,
 ) -> PackSummary:
     """Pack an image folder into shards in ``out_dir`` plus ``classes.json``; returns a :class:`PackSummary`.
 
@@ -168,7 +183,14 @@ def pack_images(
         max_count, max_bytes: shard size limits.
         workers: decode/resize processes (output does not depend on it).
         metadata: also write ``KEY.json`` with the original path, class name and size.
+        order: ``shuffle`` (default: a permutation seeded by ``seed``, so every shard mixes the classes) or
+            ``sorted`` (folder order: each shard then holds one class or two).
+        seed: the permutation's seed (recorded in ``pack.json``).
+
+    Sample keys are the files' positions in sorted order, whatever ``order`` is.
     """
+    if order not in ORDERS:
+        raise ValueError(f"order must be shuffle or sorted, got {order!r}")
     if image_format not in ("keep", *SAVE_FORMATS):
         raise ValueError(f"image_format must be keep, jpg, png or webp, got {image_format!r}")
     source = Path(source)
@@ -179,8 +201,10 @@ def pack_images(
     jobs, classes = _collect(source, Path(labels_file) if labels_file is not None else None)
     if not jobs:
         raise ValueError(f"no image files found in {source}")
+    if order == "shuffle":
+        random.Random(seed).shuffle(jobs)  # a pure-Python generator: the same permutation on every platform
     options = _Options(resolution, image_format, quality, metadata)
-    summary = PackSummary(classes=classes)
+    summary = PackSummary(classes=classes, order=order, seed=seed if order == "shuffle" else None)
     work = [(job, options) for job in jobs]
     # fork: workers inherit the imported modules (spawn would re-import torch in every worker)
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
@@ -205,4 +229,13 @@ def pack_images(
             pool.close()
             pool.join()
     write_classes(out_dir, classes)
+    info = {
+        "order": summary.order,
+        "seed": summary.seed,
+        "samples": summary.samples,
+        "shards": summary.shards,
+        "classes": len(classes),
+        "skipped": len(summary.skipped),
+    }
+    (Path(out_dir) / PACK_INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
     return summary

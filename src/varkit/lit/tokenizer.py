@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
@@ -72,6 +72,9 @@ class TokenizerModule(L.LightningModule):
         total_steps: length of the LR schedule in training batches (the CLI passes ``trainer.max_steps``).
         seed: seeds the dead-code restart draws (combined with the step, so a resumed run draws the same).
         grid_images: images kept from the first validation batch for the reconstruction grid callback.
+        finetune: what trains (:data:`varkit.training.finetune.DEFAULT_TOKENIZER_FINETUNE`); frozen parameters
+            stay out of the optimiser; ``decoder_only`` also turns dead-code restarts off (the codebook is fixed).
+        initialize: called with the freshly built VQVAE before ``finetune`` is applied (not saved).
     """
 
     def __init__(
@@ -86,6 +89,8 @@ class TokenizerModule(L.LightningModule):
         total_steps: int = 1000,
         seed: int = 0,
         grid_images: int = 8,
+        finetune: Mapping[str, Any] | None = None,
+        initialize: Callable[[VQVAE], Any] | None = None,
     ) -> None:
         super().__init__()
         plain = {
@@ -99,6 +104,7 @@ class TokenizerModule(L.LightningModule):
             "total_steps": int(total_steps),
             "seed": int(seed),
             "grid_images": int(grid_images),
+            "finetune": to_plain(finetune) or {},
         }
         # plain containers only: a DictConfig here would break weights_only checkpoint loading
         self.save_hyperparameters(plain)
@@ -118,6 +124,15 @@ class TokenizerModule(L.LightningModule):
             raise ConfigError(
                 f"cannot build the tokenizer from the tokenizer/quantizer/schedule configs: {err}"
             ) from err
+        if initialize is not None:
+            initialize(self.vae)
+        codebook_frozen, settings = False, {}
+        if plain["finetune"]:
+            from varkit.training.finetune import apply_tokenizer_finetune
+
+            settings = apply_tokenizer_finetune(self.vae, plain["finetune"])
+            codebook = codebook_of(self.vae.quantizer)
+            codebook_frozen = codebook is not None and not codebook.weight.requires_grad
         try:
             self.discriminator = (
                 PatchDiscriminator(image_channels=self.vae.image_channels, **self.gan_settings.discriminator)
@@ -139,6 +154,9 @@ class TokenizerModule(L.LightningModule):
         #: the last validation's per-scale codebook health (written beside the exported weights)
         self.codebook_health_report: dict[str, Any] | None = None
         self._restart_enabled = self.codebook_settings.restart and codebook_of(self.vae.quantizer) is not None
+        if self._restart_enabled and codebook_frozen:
+            logger.info("dead-code restart is off: the fine-tune freezes the codebook (finetune=%s)", settings)
+            self._restart_enabled = False
         if self.codebook_settings.restart and not self._restart_enabled:
             logger.info("dead-code restart is off: the %s quantizer has no learned codebook", plain["quantizer"])
         from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
@@ -147,7 +165,7 @@ class TokenizerModule(L.LightningModule):
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
 
     @classmethod
-    def from_config(cls, cfg: Any) -> TokenizerModule:
+    def from_config(cls, cfg: Any, initialize: Callable[[VQVAE], Any] | None = None) -> TokenizerModule:
         """Build from a composed ``train_tokenizer`` config (schedule length from ``trainer.max_steps``)."""
         plain = to_plain(cfg)
         max_steps = (plain.get("trainer") or {}).get("max_steps")
@@ -167,6 +185,8 @@ class TokenizerModule(L.LightningModule):
             total_steps=max_steps,
             seed=int(plain.get("seed", 0)),
             grid_images=int((plain.get("validation") or {}).get("grid_images", 8)),
+            finetune=plain.get("finetune"),
+            initialize=initialize,
         )
 
     # -- optimisation --------------------------------------------------------------------------------------------

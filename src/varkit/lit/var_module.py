@@ -18,7 +18,7 @@ reloaded from its own directory. EMA, sample grids and throughput live in :mod:`
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -63,6 +63,10 @@ class VARModule(L.LightningModule):
         seed: base seed of this module's own randomness (class dropout), mixed with the rank.
         tokenizer: the frozen VQ-VAE (not saved in checkpoints; pass it again when loading for training).
         tokenizer_path: where the tokenizer was loaded from (recorded in the hyper-parameters).
+        finetune: what trains (:data:`varkit.training.finetune.DEFAULT_VAR_FINETUNE`: frozen blocks/embeddings,
+            LoRA adapters); frozen parameters stay out of the optimiser and the EMA.
+        initialize: called with the freshly built transformer before ``finetune`` is applied (e.g.
+            :func:`varkit.checkpoint.init.initialize_from`); not saved in the hyper-parameters.
     """
 
     def __init__(
@@ -75,6 +79,8 @@ class VARModule(L.LightningModule):
         seed: int = 0,
         tokenizer: VQVAE | None = None,
         tokenizer_path: str | None = None,
+        finetune: Mapping[str, Any] | None = None,
+        initialize: Callable[[VAR], Any] | None = None,
     ) -> None:
         super().__init__()
         model_args = {str(k): v for k, v in dict(model).items()}
@@ -92,9 +98,17 @@ class VARModule(L.LightningModule):
                 "compile": compile_args,
                 "seed": int(seed),
                 "tokenizer_path": tokenizer_path,
+                "finetune": dict(finetune or {}),
             }
         )
         self.model = VAR.from_config(model_args)
+        if initialize is not None:
+            initialize(self.model)  # before LoRA: the checkpoint holds the plain weights
+        if finetune:
+            from varkit.training.finetune import apply_var_finetune
+
+            # here, not in configure_model: a resumed run must have the adapters before its state is restored
+            apply_var_finetune(self.model, finetune)
         self.scales: Scales = self.model.scales
         # The frozen tokenizer and the (possibly compiled) training forward stay outside the module tree on purpose:
         # checkpoints hold the transformer only (the tokenizer is reloaded from its own directory), and neither

@@ -121,7 +121,10 @@ class SelfAttention(nn.Module):
         scale's tokens at a time with ``cache`` and no mask (each scale sees every earlier token and itself).
         """
         b, n, _ = x.shape
-        qkv = F.linear(x, self.qkv.weight, self.qkv_bias()).view(b, n, 3, self.num_heads, self.head_dim)
+        # the module call (not F.linear on its weight) so that adapters wrapping `qkv` (LoRA, varkit.training.finetune)
+        # take part; the bias is added outside (the key bias is a fixed zero), in the output's dtype under autocast
+        qkv = self.qkv(x)
+        qkv = (qkv + self.qkv_bias().to(qkv.dtype)).view(b, n, 3, self.num_heads, self.head_dim)
         v = qkv[:, :, 2].transpose(1, 2)
         if self.qk_l2_norm:
             # one normalisation pass over queries and keys together (fewer small ops per layer while sampling);
