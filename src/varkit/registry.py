@@ -15,6 +15,7 @@ __all__ = [
     "ATTENTION_KERNELS",
     "CFG_SCHEDULES",
     "FEATURE_EXTRACTORS",
+    "OBJECTIVES",
     "QUANTIZERS",
     "REGISTRIES",
     "SCALE_SCHEDULES",
@@ -178,6 +179,7 @@ SCALE_SCHEDULES: Registry[Any] = Registry("scale schedule")
 ATTENTION_KERNELS: Registry[Any] = Registry("attention kernel")
 CFG_SCHEDULES: Registry[Any] = Registry("guidance schedule")
 FEATURE_EXTRACTORS: Registry[Any] = Registry("feature extractor")
+OBJECTIVES: Registry[Any] = Registry("training objective")
 
 #: every registry by its config-group name, in the order ``varkit list`` prints them
 REGISTRIES: dict[str, Registry[Any]] = {
@@ -186,4 +188,5 @@ REGISTRIES: dict[str, Registry[Any]] = {
     "attention": ATTENTION_KERNELS,
     "cfg_schedule": CFG_SCHEDULES,
     "evaluator": FEATURE_EXTRACTORS,
+    "objective": OBJECTIVES,
 }

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
-HELP = "list registered components (quantizers, scale schedules, attention kernels, guidance schedules, evaluators)"
+HELP = (
+    "list registered components (quantizers, scale schedules, attention kernels, guidance schedules, evaluators, "
+    "training objectives)"
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "kind", nargs="?", help="only this kind (quantizer, schedule, attention, cfg_schedule, evaluator)"
+        "kind", nargs="?", help="only this kind (quantizer, schedule, attention, cfg_schedule, evaluator, objective)"
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 

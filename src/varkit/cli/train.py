@@ -61,6 +61,11 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
     tokenizer_dir = resolve_tokenizer_dir(cfg.tokenizer.path)
     tokenizer = load_tokenizer(tokenizer_dir)
     arguments = model_arguments(to_plain(cfg.model), tokenizer, to_plain(cfg.get("attention")))
+    init_from = cfg.get("init_from")
+    if init_from:
+        from varkit.objectives.reference import starting_arguments
+
+        arguments = starting_arguments(init_from, arguments)  # the architecture of the starting model
     datamodule = safe_instantiate(cfg.data)
     data_scales = getattr(datamodule, "scales", None)
     if data_scales is not None:
@@ -74,6 +79,9 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
                 f"uses {[tuple(s) for s in tokenizer.scales.sizes]}: re-run `varkit data tokenize` with it"
             )
     plain = to_plain(cfg)
+    objective = dict(plain.get("objective") or {"name": "next_scale_ce"})
+    if init_from and "reference" in objective and not objective["reference"]:
+        objective["reference"] = str(init_from)  # "the initial model" of a fine-tuning run: its starting weights
     module = VARModule(
         arguments,
         optim=plain["optim"],
@@ -83,7 +91,12 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
         seed=int(cfg.seed),
         tokenizer=tokenizer,
         tokenizer_path=str(tokenizer_dir),
+        objective=objective,
     )
+    if init_from:
+        from varkit.objectives.reference import load_starting_weights
+
+        load_starting_weights(module.model, init_from)  # a resumed run then restores last.ckpt over them
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = build_loggers(cfg.get("logger"))  # W&B goes offline by itself without credentials
     trainer = safe_instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

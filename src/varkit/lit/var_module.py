@@ -5,6 +5,12 @@ teacher-forcing inputs through a frozen tokenizer, computes the cross-entropy ov
 label smoothing and progressive growth over scales, as in the reference's ``pg`` option), logs per-scale loss
 and accuracy, and owns the optimiser (AdamW with no decay on norms/biases/embeddings) and its schedule.
 
+The loss itself is a registered training objective (:mod:`varkit.objectives`: ``next_scale_ce`` by default, ``cca``
+for guidance-free post-training). An objective that needs a frozen reference model gets one: built here (from
+its ``reference`` directory, or a copy of the initial weights), frozen, and — like the tokenizer — not a registered
+sub-module, so it is outside the optimiser, the EMA, the checkpoint's state dict and the DDP/FSDP2 wrapping
+(each rank holds it whole); a resumed run rebuilds it from the same source.
+
 Batches are ``(inputs, labels)`` where ``inputs`` is either
 
 * token indices — flat ``(b, L)`` int64 or a per-scale list ``[(b, h_k * w_k), ...]`` (pre-tokenized shards,
@@ -29,6 +35,7 @@ from torch import Tensor, nn
 from varkit.contracts import Scales
 from varkit.lit.fsdp import full_tensor
 from varkit.models.var import VAR
+from varkit.objectives.base import Objective, ObjectiveBatch
 from varkit.training.optim import (
     ScheduleSpec,
     build_adamw,
@@ -38,7 +45,7 @@ from varkit.training.optim import (
     weight_decay_at,
 )
 
-__all__ = ["DEFAULT_LOSS", "DEFAULT_OPTIM", "DEFAULT_PROGRESSIVE", "VARModule"]
+__all__ = ["DEFAULT_LOSS", "DEFAULT_OBJECTIVE", "DEFAULT_OPTIM", "DEFAULT_PROGRESSIVE", "VARModule"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +69,8 @@ DEFAULT_OPTIM: dict[str, Any] = {
     "final_ratio": 0.01,
 }
 DEFAULT_LOSS: dict[str, Any] = {"label_smoothing": 0.0}
+#: the training objective (a registered :data:`varkit.registry.OBJECTIVES` name and its arguments)
+DEFAULT_OBJECTIVE: dict[str, Any] = {"name": "next_scale_ce"}
 #: progressive training over scales (reference ``pg``/``pg0``/``pgwp``): off when ``fraction`` is 0
 DEFAULT_PROGRESSIVE: dict[str, Any] = {"fraction": 0.0, "start_scale": 4, "scale_warmup_steps": 0}
 
@@ -88,6 +97,7 @@ class VARModule(L.LightningModule):
         seed: base seed of this module's own randomness (class dropout), mixed with the rank.
         tokenizer: the frozen VQ-VAE (not saved in checkpoints; pass it again when loading for training).
         tokenizer_path: where the tokenizer was loaded from (recorded in the hyper-parameters).
+        objective: the training objective, ``{name: ..., **arguments}`` (:data:`DEFAULT_OBJECTIVE`).
     """
 
     def __init__(
@@ -100,6 +110,7 @@ class VARModule(L.LightningModule):
         seed: int = 0,
         tokenizer: nn.Module | None = None,
         tokenizer_path: str | None = None,
+        objective: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         model_args = {str(k): v for k, v in dict(model).items()}
@@ -107,6 +118,7 @@ class VARModule(L.LightningModule):
         loss_args = _merged(DEFAULT_LOSS, loss, "loss")
         progressive_args = _merged(DEFAULT_PROGRESSIVE, progressive, "progressive")
         compile_args: bool | dict[str, Any] = dict(compile) if isinstance(compile, Mapping) else bool(compile)
+        objective_args = {str(k): v for k, v in dict(objective or DEFAULT_OBJECTIVE).items()}
         # plain containers only: checkpoints must load with torch.load(weights_only=True)
         self.save_hyperparameters(
             {
@@ -117,9 +129,11 @@ class VARModule(L.LightningModule):
                 "compile": compile_args,
                 "seed": int(seed),
                 "tokenizer_path": tokenizer_path,
+                "objective": objective_args,
             }
         )
         self.model = VAR.from_config(model_args)
+        self.objective = self._build_objective(objective_args)
         self.scales: Scales = self.model.scales
         self.__dict__["tokenizer"] = tokenizer  # deliberately not a registered sub-module (see module docstring)
         if tokenizer is not None:
@@ -131,6 +145,32 @@ class VARModule(L.LightningModule):
         self._scale_bounds = [(bounds[k], bounds[k + 1]) for k in range(self.scales.num_scales)]
 
     # -- set-up ---------------------------------------------------------------------------------------------------
+    def _build_objective(self, spec: Mapping[str, Any]) -> Objective:
+        """The registered objective, and its frozen reference model when it needs one."""
+        from varkit.registry import OBJECTIVES
+
+        objective: Objective = OBJECTIVES.build(dict(spec))
+        if not objective.uses_class_dropout and self.model.class_dropout > 0:
+            logger.info("objective %s: the transformer's class dropout is off", objective.describe())
+            self.model.class_dropout = 0.0
+        self.__dict__["reference"] = None
+        if objective.needs_reference:
+            from varkit.objectives.reference import load_reference
+
+            # not a registered sub-module: outside the optimiser, the EMA, the state dict and DDP/FSDP2
+            self.__dict__["reference"] = load_reference(objective.reference, self.model)
+            logger.info(
+                "objective %s: frozen reference model from %s",
+                objective.describe(),
+                objective.reference or "the initial weights",
+            )
+        return objective
+
+    @property
+    def reference(self) -> nn.Module | None:
+        """The objective's frozen reference transformer (``None`` when the objective needs none)."""
+        return self.__dict__.get("reference")
+
     def _check_tokenizer(self, tokenizer: nn.Module) -> None:
         scales = Scales.of(tokenizer.scales)  # type: ignore[arg-type]
         quantizer = tokenizer.quantizer  # type: ignore[union-attr]
@@ -186,6 +226,8 @@ class VARModule(L.LightningModule):
         if tokenizer is None:
             raise RuntimeError("VARModule needs its frozen tokenizer: pass tokenizer= or call set_tokenizer()")
         tokenizer.to(self.device)
+        if self.reference is not None:
+            self.reference.to(self.device)
 
     def _class_dropout_generator(self) -> torch.Generator:
         if self._generator is None or self._generator.device != self.device:
@@ -271,18 +313,33 @@ class VARModule(L.LightningModule):
         end = self._scale_bounds[stage][1]
         targets = targets[:, :end]
         tf_inputs = tf_inputs[:, : end - self.scales.first_tokens]
-        logits = self.__dict__["_train_forward"](labels, tf_inputs, generator=self._class_dropout_generator())
-        smoothing = float(self.hparams["loss"]["label_smoothing"])
-        per_token = F.cross_entropy(logits.transpose(1, 2), targets, label_smoothing=smoothing, reduction="none")
-        weights = torch.full((end,), 1.0 / self.scales.total_tokens, device=logits.device)
+        generator = self._class_dropout_generator()
+        train_forward = self.__dict__["_train_forward"]
+        weights = torch.full((end,), 1.0 / self.scales.total_tokens, device=targets.device)
         if stage < self.scales.num_scales - 1:
             begin = self._scale_bounds[stage][0]
             weights[begin:end] *= self._stage_warmup_weight(stage, self.global_step)
             self.log("train/progressive_stage", float(stage), on_step=True)
-        loss = (per_token * weights).sum(dim=1).mean()
-        self.log("train/loss", loss, on_step=True, prog_bar=True)
-        self._log_scale_metrics("train", logits.detach(), targets, per_token.detach() if smoothing == 0 else None)
-        return loss
+        batch_view = ObjectiveBatch(
+            labels=labels,
+            targets=targets,
+            inputs=tf_inputs,
+            token_weights=weights,
+            null_class=self.model.num_classes,
+            label_smoothing=float(self.hparams["loss"]["label_smoothing"]),
+            generator=generator,
+        )
+        reference = self.reference
+        if reference is not None:
+            reference.train(self.model.training)  # same dropout/drop-path regime as the policy (CCA reference code)
+        output = self.objective(
+            lambda classes, inputs: train_forward(classes, inputs, generator=generator), batch_view, reference
+        )
+        self.log("train/loss", output.loss, on_step=True, prog_bar=True)
+        for name, value in output.metrics.items():
+            self.log(f"train/{name}", value, on_step=True)
+        self._log_scale_metrics("train", output.logits.detach(), targets, output.per_token)
+        return output.loss
 
     def validation_step(self, batch: tuple[Any, Tensor], batch_idx: int) -> None:
         inputs, labels = batch
