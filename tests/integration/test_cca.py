@@ -22,25 +22,29 @@ CCA = [
 ]
 
 
-@pytest.fixture(scope="module")
-def stage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Tiny data and a starting generator directory (a var_tiny transformer with non-trivial weights)."""
+def _start_generator(stage: dict[str, Path], folder: Path) -> Path:
+    """A starting generator directory: a var_tiny transformer with non-trivial weights on the stage's tokenizer."""
     from varkit.checkpoint.generator import write_generator
     from varkit.checkpoint.tokenizer_source import load_tokenizer
     from varkit.models.factory import model_arguments
     from varkit.models.var import VAR
     from varkit.models.var_presets import var_preset
 
-    root = tmp_path_factory.mktemp("cca")
-    stage = make_tiny_stage(root)
     tokenizer = load_tokenizer(stage["tokenizer"])
     torch.manual_seed(5)
     model = VAR.from_config(model_arguments(var_preset("var_tiny"), tokenizer, "sdpa"))
     with torch.no_grad():
         model.head.weight.normal_(std=0.05)  # the fresh head is zero-initialised: give the classes a say
         model.class_embedding.weight.normal_(std=0.5)
-    start = write_generator(model, root / "start", stage["tokenizer"], classes=[f"c{i}" for i in range(10)])
-    return {**stage, "root": root, "start": start}
+    return write_generator(model, folder, stage["tokenizer"], classes=[f"c{i}" for i in range(10)])
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny data and a starting generator directory."""
+    root = tmp_path_factory.mktemp("cca")
+    stage = make_tiny_stage(root)
+    return {**stage, "root": root, "start": _start_generator(stage, root / "start")}
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -126,3 +130,43 @@ def test_init_from_a_missing_directory_is_one_clear_error(
     overrides = train_overrides(stage, stage["root"] / "bad2", *CCA, f"init_from={stage['root'] / 'nowhere'}")
     assert main(["train", *overrides]) == 2
     assert "not a generator directory" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_two_process_fsdp2_shards_the_policy_and_keeps_a_whole_frozen_reference(tmp_path: Path) -> None:
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    stage = make_tiny_stage(tmp_path / "stage", train_per_class=8, train_shards=4, val_shards=2)
+    start = _start_generator(stage, tmp_path / "start")
+    overrides = train_overrides(
+        stage,
+        tmp_path,
+        *CCA,
+        f"init_from={start}",
+        "trainer=fsdp_cpu",
+        "trainer.precision=32-true",
+        "trainer.max_steps=2",
+        "trainer.limit_val_batches=1",
+        "trainer.enable_progress_bar=false",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "varkit", "train", *overrides],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    logs = result.stdout + result.stderr
+    assert result.returncode == 0, logs[-4000:]
+    assert len(re.findall(r"FSDP2: sharded \d+ blocks over 2 ranks", logs)) == 2
+    assert len(re.findall(r"frozen reference model from", logs)) == 2  # one whole copy per rank
+    exported = load_file(tmp_path / "runs" / "var-demo-cca" / "model" / "model.safetensors")
+    initial = load_file(start / "model.safetensors")
+    assert exported.keys() == initial.keys()
+    assert not torch.equal(exported["head.weight"], initial["head.weight"])
