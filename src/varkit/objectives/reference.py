@@ -17,7 +17,7 @@ import copy
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -103,7 +103,7 @@ def load_reference(directory: str | Path | None, model: nn.Module) -> nn.Module:
     if directory is not None:
         load_starting_weights(reference, directory)
     if hasattr(reference, "class_dropout"):
-        reference.class_dropout = 0.0
+        cast(Any, reference).class_dropout = 0.0  # a plain float attribute of VAR
     return freeze(reference)
 
 
