@@ -59,6 +59,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--per-class", type=int, default=50, help="generated images per class and seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--timing-repeats", type=int, default=7, help="interleaved timing batches per setting")
+    parser.add_argument("--timing-only", action="store_true", help="only the interleaved sampling-time comparison")
     parser.add_argument("--train-precision", default="bf16-mixed", help="trainer.precision of the CCA runs")
     return parser.parse_args()
 
@@ -151,6 +153,26 @@ def evaluate(
     return row
 
 
+def interleaved_timing(model_dir: Path, cfgs: list[float], args: argparse.Namespace) -> dict[float, float]:
+    """Median seconds per image of one batch at each guidance scale, the scales interleaved batch by batch so
+    that a drifting machine load hits all of them alike (the ratio is the figure to read)."""
+    from varkit.checkpoint.generator import load_generator
+    from varkit.models.var import sample_images
+
+    var, vqvae, _ = load_generator(model_dir)
+    vqvae.decoder_to(torch.float32)
+    labels = torch.arange(args.batch_size) % int(var.num_classes)
+    times: dict[float, list[float]] = {cfg: [] for cfg in cfgs}
+    for repeat in range(args.timing_repeats + 1):
+        for cfg in cfgs:
+            generator = torch.Generator().manual_seed(repeat)
+            started = time.perf_counter()
+            sample_images(var, vqvae, labels, generator=generator, cfg=cfg, cfg_schedule="linear")
+            if repeat:  # the first round warms up
+                times[cfg].append((time.perf_counter() - started) / len(labels))
+    return {cfg: statistics.median(values) for cfg, values in times.items()}
+
+
 def summarise(rows: list[dict[str, Any]], real_accuracy: float, real_count: int, args: argparse.Namespace) -> str:
     groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for row in rows:
@@ -188,6 +210,16 @@ def main() -> None:
     for spec in args.cca_model:
         name, _, directory = spec.partition("=")
         models[name] = Path(directory)
+    if args.timing_only:
+        medians = interleaved_timing(base, [0.0, args.cfg], args)
+        table = (
+            f"| guidance | s / image (median of {args.timing_repeats} interleaved batches of {args.batch_size}) "
+            f"| vs cfg {args.cfg:g} |\n|---|---|---|\n"
+        )
+        table += "\n".join(f"| {c:g} | {t:.4f} | {t / medians[args.cfg]:.2f} |" for c, t in medians.items())
+        (work / "timing.md").write_text(table + "\n")
+        sys.stdout.write(table + "\n")
+        return
     for variant in args.variant or [["preset"]]:
         name, overrides = variant[0], variant[1:]
         if args.no_train:
