@@ -45,6 +45,12 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quickstart", type=Path, default=QUICKSTART, help="the quickstart output folder")
     parser.add_argument("--base", type=Path, default=None, help="base generator dir (default: <quickstart>/runs/...)")
+    parser.add_argument(
+        "--base-checkpoint",
+        type=Path,
+        default=None,
+        help="export the base from this training checkpoint of the quickstart run (EMA weights) instead",
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/cca-bench"), help="runs, samples and results")
     parser.add_argument(
         "--variant",
@@ -63,6 +69,25 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--timing-only", action="store_true", help="only the interleaved sampling-time comparison")
     parser.add_argument("--train-precision", default="bf16-mixed", help="trainer.precision of the CCA runs")
     return parser.parse_args()
+
+
+def export_checkpoint(checkpoint: Path, quickstart: Path, output: Path) -> Path:
+    """A generator directory from a ``varkit train`` checkpoint: its EMA weights (the export would use them)."""
+    from varkit.checkpoint.generator import write_generator
+    from varkit.data.shards import read_classes
+    from varkit.models.var import VAR
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    model = VAR.from_config(state["hyper_parameters"]["model"])
+    weights = {k.removeprefix("model."): v.float() for k, v in state["state_dict"].items()}
+    ema = next((v for k, v in state.get("callbacks", {}).items() if "EMA" in k), None)
+    if ema is not None:
+        weights.update({k: v.float() for k, v in ema["shadow"].items()})
+    model.load_state_dict(weights, strict=True)
+    classes = read_classes(quickstart / "data" / "demo")
+    tokenizer = state["hyper_parameters"]["tokenizer_path"]
+    extra = {"ema": ema is not None, "global_step": int(state["global_step"])}
+    return write_generator(model.eval(), output, tokenizer, classes=classes, extra=extra)
 
 
 def train_variant(name: str, overrides: list[str], base: Path, quickstart: Path, work: Path, precision: str) -> Path:
@@ -205,7 +230,10 @@ def main() -> None:
     source = args.base or quickstart / "runs" / "var-demo" / "model"
     base = work / "base-model"
     if not (base / "config.json").is_file():
-        shutil.copytree(source, base)  # a copy: the quickstart's artefacts stay untouched
+        if args.base_checkpoint is not None:
+            export_checkpoint(args.base_checkpoint, quickstart, base)
+        else:
+            shutil.copytree(source, base)  # a copy: the quickstart's artefacts stay untouched
     models: dict[str, Path] = {"base": base}
     for spec in args.cca_model:
         name, _, directory = spec.partition("=")
