@@ -60,6 +60,7 @@ def parse_args() -> argparse.Namespace:
         help="a CCA run: a name and `varkit train` overrides (repeatable); default: the preset as is",
     )
     parser.add_argument("--cca-model", action="append", default=[], help="NAME=DIR of an already trained model")
+    parser.add_argument("--skip-base", action="store_true", help="do not evaluate the base model again")
     parser.add_argument("--no-train", action="store_true", help="only evaluate (--cca-model, existing variants)")
     parser.add_argument("--cfg", type=float, default=2.0, help="the quickstart's guidance scale (varkit quickstart)")
     parser.add_argument("--per-class", type=int, default=50, help="generated images per class and seed")
@@ -234,7 +235,7 @@ def main() -> None:
             export_checkpoint(args.base_checkpoint, quickstart, base)
         else:
             shutil.copytree(source, base)  # a copy: the quickstart's artefacts stay untouched
-    models: dict[str, Path] = {"base": base}
+    models: dict[str, Path] = {} if args.skip_base else {"base": base}
     for spec in args.cca_model:
         name, _, directory = spec.partition("=")
         models[name] = Path(directory)
