@@ -10,7 +10,9 @@ and the log-likelihood ratio ``r_θ(x, c) = log p_θ(x|c) - log p_ref(x|c)``, th
 
 a noise-contrastive estimate: matched pairs (image tokens ``x``, their class ``c``) are pushed up relative to the
 reference, mismatched pairs (the same ``x``, a class ``c⁻`` drawn from the marginal) are pushed down. Its optimum
-is ``r_θ(x, c) = (1/β) log[ p(c|x) / (λ p(c)) ]``, so ``β`` and ``λ`` play the role of the guidance scale.
+is ``r_θ(x, c) = (1/β) log[ p(c|x) / (λ p(c)) ]``, so ``β`` and ``λ`` play the role of the guidance scale, and
+``λ`` acts through ``λ p(c)``: the reference's ``λ = 50`` on ImageNet's 1000 classes is ``λ p(c) = 0.05``, which on
+a 10-class data set is ``λ = 0.5`` (a ``λ p(c)`` above 1 lowers the likelihood of the matched pairs too).
 
 As in the reference implementation:
 
