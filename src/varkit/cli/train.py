@@ -63,7 +63,7 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
     arguments = model_arguments(to_plain(cfg.model), tokenizer, to_plain(cfg.get("attention")))
     init_from = cfg.get("init_from")
     if init_from:
-        from varkit.objectives.reference import starting_arguments
+        from varkit.checkpoint.starting import starting_arguments
 
         arguments = starting_arguments(init_from, arguments)  # the architecture of the starting model
     datamodule = safe_instantiate(cfg.data)
@@ -94,7 +94,7 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
         objective=objective,
     )
     if init_from:
-        from varkit.objectives.reference import load_starting_weights
+        from varkit.checkpoint.starting import load_starting_weights
 
         load_starting_weights(module.model, init_from)  # a resumed run then restores last.ckpt over them
     callbacks = instantiate_group(cfg.get("callbacks"))

@@ -155,7 +155,7 @@ class VARModule(L.LightningModule):
             self.model.class_dropout = 0.0
         self.__dict__["reference"] = None
         if objective.needs_reference:
-            from varkit.objectives.reference import load_reference
+            from varkit.checkpoint.starting import load_reference
 
             # not a registered sub-module: outside the optimiser, the EMA, the state dict and DDP/FSDP2
             self.__dict__["reference"] = load_reference(objective.reference, self.model)
