@@ -5,9 +5,9 @@ the named presets (:data:`MODELS`, :data:`TOKENIZERS`; ``varkit list`` shows the
 ``varkit.convert_official`` load weights, ``varkit.sample_images`` samples with a ``varkit.SamplingConfig``.
 
 ``import varkit`` registers the built-in components (scale schedules, guidance schedules, quantizers, attention
-kernels, sampling speed-ups) and imports neither Lightning, Hydra nor Pillow; the model, checkpoint and sampling
-names load on first use. ``import varkit.evaluation`` registers the feature extractors. Plugins are loaded
-explicitly with :func:`varkit.plugins.load_plugins` (the CLI does it for you).
+kernels, sampling speed-ups, training objectives) and imports neither Lightning, Hydra nor Pillow; the model,
+checkpoint and sampling names load on first use. ``import varkit.evaluation`` registers the feature extractors.
+Plugins are loaded explicitly with :func:`varkit.plugins.load_plugins` (the CLI does it for you).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from varkit import (  # noqa: F401  (registers built-ins)
     attention,
     guidance,
+    objectives,
     quantizers,
     sampling,
     scales,
@@ -28,6 +29,7 @@ from varkit.registry import (
     ATTENTION_KERNELS,
     CFG_SCHEDULES,
     MODELS,
+    OBJECTIVES,
     QUANTIZERS,
     REGISTRIES,
     SAMPLERS,
@@ -48,6 +50,7 @@ __all__ = [
     "ATTENTION_KERNELS",
     "CFG_SCHEDULES",
     "MODELS",
+    "OBJECTIVES",
     "QUANTIZERS",
     "REGISTRIES",
     "SAMPLERS",

@@ -17,12 +17,14 @@ if TYPE_CHECKING:  # types only: the registries sit below everything they hold (
     from varkit.models.generation import Speedup
     from varkit.models.var import VAR
     from varkit.models.vqvae import VQVAE
+    from varkit.objectives.base import Objective
 
 __all__ = [
     "ATTENTION_KERNELS",
     "CFG_SCHEDULES",
     "FEATURE_EXTRACTORS",
     "MODELS",
+    "OBJECTIVES",
     "PRESETS",
     "QUANTIZERS",
     "REGISTRIES",
@@ -223,6 +225,8 @@ CFG_SCHEDULES: Registry[GuidanceSchedule] = Registry("guidance schedule")
 FEATURE_EXTRACTORS: Registry[FeatureExtractor] = Registry("feature extractor")
 #: training-free sampling speed-ups (:mod:`varkit.sampling.speedups`), switched on by name in ``sampling.speedups``
 SAMPLERS: Registry[Speedup] = Registry("speed-up")
+#: training objectives of the transformer stage (:mod:`varkit.objectives`), selected by the ``objective`` group
+OBJECTIVES: Registry[Objective] = Registry("training objective")
 #: named model shapes (``var_d16`` ...): ``varkit.create_model`` and the ``model=`` config options
 MODELS: Registry[VAR] = Registry("model")
 #: named tokenizers (``vqvae_f16`` ...): ``varkit.create_tokenizer`` and the ``tokenizer=`` config options
@@ -236,6 +240,7 @@ REGISTRIES: dict[str, Registry[Any]] = {
     "cfg_schedule": CFG_SCHEDULES,
     "evaluator": FEATURE_EXTRACTORS,
     "speedup": SAMPLERS,
+    "objective": OBJECTIVES,
 }
 
 #: the preset registries by config group: their config node holds the full arguments and ``name`` is the preset it

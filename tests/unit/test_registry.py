@@ -62,7 +62,15 @@ def test_bad_arguments_are_named_with_accepted_ones() -> None:
 
 
 def test_builtin_registries_exist_with_builtins() -> None:
-    assert set(REGISTRIES) == {"quantizer", "schedule", "attention", "cfg_schedule", "evaluator", "speedup"}
+    assert set(REGISTRIES) == {
+        "quantizer",
+        "schedule",
+        "attention",
+        "cfg_schedule",
+        "evaluator",
+        "speedup",
+        "objective",
+    }
     assert REGISTRIES["speedup"].entry("token_pruning").origin == "built-in"
     assert {"var_256", "var_512", "explicit", "linear", "geometric"} <= set(SCALE_SCHEDULES.names())
     assert SCALE_SCHEDULES.entry("var_256").origin == "built-in"

@@ -7,7 +7,7 @@ import json
 
 HELP = (
     "list registered components (quantizers, scale schedules, attention kernels, guidance schedules, evaluators,"
-    " sampling speed-ups) and the model/tokenizer presets"
+    " sampling speed-ups, training objectives) and the model/tokenizer presets"
 )
 
 
@@ -15,7 +15,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "kind",
         nargs="?",
-        help="only this kind (quantizer, schedule, attention, cfg_schedule, evaluator, speedup, model, tokenizer)",
+        help="only this kind (quantizer, schedule, attention, cfg_schedule, evaluator, speedup, objective, model, "
+        "tokenizer)",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 

@@ -102,6 +102,15 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
     tokenizer_dir = resolve_tokenizer_dir(cfg.tokenizer.path)
     tokenizer = load_tokenizer(tokenizer_dir)
     arguments = model_arguments(to_plain(cfg.model), tokenizer, to_plain(cfg.get("attention")))
+    init_from = cfg.get("init_from")
+    finetune = cfg.get("finetune") or {}
+    architecture = finetune.get("architecture", "config")
+    if architecture not in ("config", "init_from"):
+        raise ConfigError(f"finetune.architecture={architecture!r} is not allowed: expected config or init_from")
+    if init_from and architecture == "init_from":
+        from varkit.checkpoint.starting import starting_arguments
+
+        arguments = starting_arguments(init_from, arguments)  # the architecture of the starting model
     datamodule = safe_instantiate(cfg.data)
     token_info = getattr(datamodule, "token_info", None)  # token shards: written by this very tokenizer?
     if token_info is not None:
@@ -123,6 +132,9 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
             initialize = initializer(cfg, classes)
     if plain.get("finetune", {}).get("lora", {}).get("rank", 0) and "fsdp" in str(cfg.trainer.get("strategy", "")):
         raise ConfigError("finetune.lora is not supported with FSDP (trainer=fsdp); use ddp or a single device")
+    objective = dict(plain.get("objective") or {"name": "next_scale_ce"})
+    if init_from and "reference" in objective and not objective["reference"]:
+        objective["reference"] = str(init_from)  # "the initial model" of a fine-tuning run: its starting weights
     module = VARModule(
         arguments,
         optim=plain["optim"],
@@ -134,6 +146,7 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
         tokenizer_path=str(tokenizer_dir),
         finetune=plain.get("finetune"),
         initialize=initialize,
+        objective=objective,
     )
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = build_loggers(cfg.get("logger"))  # W&B goes offline by itself without credentials

@@ -5,6 +5,12 @@ teacher-forcing inputs through a frozen tokenizer, computes the cross-entropy ov
 label smoothing and progressive growth over scales, as in the reference's ``pg`` option), logs per-scale loss
 and accuracy, and owns the optimiser (AdamW with no decay on norms/biases/embeddings) and its schedule.
 
+The loss itself is a registered training objective (:mod:`varkit.objectives`: ``next_scale_ce`` by default, ``cca``
+for guidance-free post-training). An objective that needs a frozen reference model gets one: built here (from
+its ``reference`` directory, or a copy of the initial weights), frozen, and — like the tokenizer — not a registered
+sub-module, so it is outside the optimiser, the EMA, the checkpoint's state dict and the DDP/FSDP2 wrapping
+(each rank holds it whole); a resumed run rebuilds it from the same source.
+
 Batches are ``(inputs, labels)`` where ``inputs`` is either
 
 * token indices — flat ``(b, L)`` int64 or a per-scale list ``[(b, h_k * w_k), ...]`` (pre-tokenized shards,
@@ -36,6 +42,7 @@ from varkit.lit.settings import (
 )
 from varkit.models.var import VAR
 from varkit.models.vqvae import VQVAE
+from varkit.objectives.base import Objective, ObjectiveBatch
 from varkit.training.optim import (
     ScheduleSpec,
     build_adamw,
@@ -45,9 +52,12 @@ from varkit.training.optim import (
     weight_decay_at,
 )
 
-__all__ = ["VARModule"]
+__all__ = ["DEFAULT_OBJECTIVE", "VARModule"]
 
 logger = logging.getLogger(__name__)
+
+#: the training objective (a registered :data:`varkit.registry.OBJECTIVES` name and its arguments)
+DEFAULT_OBJECTIVE: dict[str, Any] = {"name": "next_scale_ce"}
 
 
 class VARModule(L.LightningModule):
@@ -67,6 +77,7 @@ class VARModule(L.LightningModule):
             LoRA adapters); frozen parameters stay out of the optimiser and the EMA.
         initialize: called with the freshly built transformer before ``finetune`` is applied (e.g.
             :func:`varkit.checkpoint.init.initialize_from`); not saved in the hyper-parameters.
+        objective: the training objective, ``{name: ..., **arguments}`` (:data:`DEFAULT_OBJECTIVE`).
     """
 
     def __init__(
@@ -81,6 +92,7 @@ class VARModule(L.LightningModule):
         tokenizer_path: str | None = None,
         finetune: Mapping[str, Any] | None = None,
         initialize: Callable[[VAR], Any] | None = None,
+        objective: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         model_args = {str(k): v for k, v in dict(model).items()}
@@ -88,6 +100,7 @@ class VARModule(L.LightningModule):
         loss_args = settings_dict(parse_settings(VARLossSettings, loss, "loss"))
         progressive_args = settings_dict(parse_settings(ProgressiveSettings, progressive, "progressive"))
         compile_args: bool | dict[str, Any] = dict(compile) if isinstance(compile, Mapping) else bool(compile)
+        objective_args = {str(k): v for k, v in dict(objective or DEFAULT_OBJECTIVE).items()}
         # plain containers only: checkpoints must load with torch.load(weights_only=True)
         self.save_hyperparameters(
             {
@@ -99,21 +112,25 @@ class VARModule(L.LightningModule):
                 "seed": int(seed),
                 "tokenizer_path": tokenizer_path,
                 "finetune": dict(finetune or {}),
+                "objective": objective_args,
             }
         )
         self.model = VAR.from_config(model_args)
+        # The frozen tokenizer, the objective's frozen reference model and the (possibly compiled) training forward
+        # stay outside the module tree on purpose: checkpoints hold the transformer only (the tokenizer is reloaded
+        # from its own directory, the reference rebuilt from its source), and neither Lightning nor FSDP may move,
+        # cast, shard or train them. nn.Module registers Module attributes, not a dict.
+        self._unregistered: dict[str, Any] = {"tokenizer": None, "train_forward": self.model, "reference": None}
         if initialize is not None:
             initialize(self.model)  # before LoRA: the checkpoint holds the plain weights
+        # after the starting weights (the reference of a post-training objective is a copy of them), before LoRA
+        self.objective = self._build_objective(objective_args)
         if finetune:
             from varkit.training.finetune import apply_var_finetune
 
             # here, not in configure_model: a resumed run must have the adapters before its state is restored
             apply_var_finetune(self.model, finetune)
         self.scales: Scales = self.model.scales
-        # The frozen tokenizer and the (possibly compiled) training forward stay outside the module tree on purpose:
-        # checkpoints hold the transformer only (the tokenizer is reloaded from its own directory), and neither
-        # Lightning nor FSDP may move, cast, shard or train them. nn.Module registers Module attributes, not a dict.
-        self._unregistered: dict[str, Any] = {"tokenizer": None, "train_forward": self.model}
         if tokenizer is not None:
             self.set_tokenizer(tokenizer)
         self._generator: torch.Generator | None = None
@@ -135,6 +152,36 @@ class VARModule(L.LightningModule):
         return parse_settings(ProgressiveSettings, self.hparams["progressive"], "progressive")
 
     # -- set-up ---------------------------------------------------------------------------------------------------
+    def _build_objective(self, spec: Mapping[str, Any]) -> Objective:
+        """The registered objective, and its frozen reference model when it needs one."""
+        from varkit.registry import OBJECTIVES
+
+        objective: Objective = OBJECTIVES.build(dict(spec))
+        if self.model.bits is not None and not objective.supports_bitwise:
+            raise ValueError(
+                f"objective {objective.describe()} needs per-token softmax likelihoods; this transformer has a "
+                "bit-wise head (msbsq tokenizer)"
+            )
+        if not objective.uses_class_dropout and self.model.class_dropout > 0:
+            logger.info("objective %s: the transformer's class dropout is off", objective.describe())
+            self.model.class_dropout = 0.0
+        if objective.needs_reference:
+            from varkit.checkpoint.starting import load_reference
+
+            self._unregistered["reference"] = load_reference(objective.reference, self.model)
+            logger.info(
+                "objective %s: frozen reference model from %s",
+                objective.describe(),
+                objective.reference or "the initial weights",
+            )
+        return objective
+
+    @property
+    def reference(self) -> VAR | None:
+        """The objective's frozen reference transformer (``None`` when the objective needs none)."""
+        reference: VAR | None = self._unregistered["reference"]
+        return reference
+
     def _check_tokenizer(self, tokenizer: VQVAE) -> None:
         quantizer = tokenizer.quantizer
         if tokenizer.scales != self.scales:
@@ -197,6 +244,8 @@ class VARModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._frozen_tokenizer().to(self.device)
+        if self.reference is not None:
+            self.reference.to(self.device)
 
     def _class_dropout_generator(self) -> torch.Generator:
         if self._generator is None or self._generator.device != self.device:
@@ -282,18 +331,34 @@ class VARModule(L.LightningModule):
         end = self._scale_bounds[stage][1]
         targets = targets[:, :end]
         tf_inputs = tf_inputs[:, : end - self.scales.first_tokens]
-        logits = self._unregistered["train_forward"](labels, tf_inputs, generator=self._class_dropout_generator())
-        smoothing = float(self.loss_settings.label_smoothing)
-        per_token = self.model.token_loss(logits, targets, smoothing)  # CE, or the per-bit BCE sum (bit-wise head)
-        weights = torch.full((end,), 1.0 / self.scales.total_tokens, device=logits.device)
+        generator = self._class_dropout_generator()
+        train_forward = self._unregistered["train_forward"]
+        weights = torch.full((end,), 1.0 / self.scales.total_tokens, device=targets.device)
         if stage < self.scales.num_scales - 1:
             begin = self._scale_bounds[stage][0]
             weights[begin:end] *= self._stage_warmup_weight(stage, self.global_step)
             self.log("train/progressive_stage", float(stage), on_step=True)
-        loss = (per_token * weights).sum(dim=1).mean()
-        self.log("train/loss", loss, on_step=True, prog_bar=True)
-        self._log_scale_metrics("train", logits.detach(), targets, per_token.detach() if smoothing == 0 else None)
-        return loss
+        batch_view = ObjectiveBatch(
+            labels=labels,
+            targets=targets,
+            inputs=tf_inputs,
+            token_weights=weights,
+            null_class=self.model.num_classes,
+            label_smoothing=float(self.loss_settings.label_smoothing),
+            token_loss=self.model.token_loss,
+            generator=generator,
+        )
+        reference = self.reference
+        if reference is not None:
+            reference.train(self.model.training)  # same dropout/drop-path regime as the policy (CCA reference code)
+        output = self.objective(
+            lambda classes, inputs: train_forward(classes, inputs, generator=generator), batch_view, reference
+        )
+        self.log("train/loss", output.loss, on_step=True, prog_bar=True)
+        for name, value in output.metrics.items():
+            self.log(f"train/{name}", value, on_step=True)
+        self._log_scale_metrics("train", output.logits.detach(), targets, output.per_token)
+        return output.loss
 
     def validation_step(self, batch: tuple[Any, Tensor], batch_idx: int) -> None:
         inputs, labels = batch

@@ -50,6 +50,9 @@ DEFAULT_LORA: dict[str, Any] = {
 }
 #: ``finetune`` options of ``varkit train`` (the transformer)
 DEFAULT_VAR_FINETUNE: dict[str, Any] = {
+    # where the transformer's shape comes from with init_from: "config" (the model group) or "init_from" (the
+    # stored config of the starting model; post-training recipes)
+    "architecture": "config",
     "strict": True,
     "class_map": None,
     "freeze_blocks": 0,
