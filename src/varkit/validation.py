@@ -227,7 +227,7 @@ INPUT_KEYS: dict[str, str] = {
     "mask": "file",
     "checkpoint.var": "dir",
     "checkpoint.vqvae": "dir",
-    "export.classes": "file",
+    "export.classes": "classes",  # a classes.json, or a folder holding one
     "samples.path": "any",
     "loss.vgg_weights": "file",
     "loss.lpips_weights": "file",
@@ -245,6 +245,8 @@ def check_input(key: str, value: Any, kind: str) -> None:
         raise ConfigError(f"{key}={str(value)!r} is a file; expected a directory")
     if kind == "file" and not path.is_file():
         raise ConfigError(f"{key}={str(value)!r} is a directory; expected a file")
+    if kind == "classes" and not (path.is_file() or (path / "classes.json").is_file()):
+        raise ConfigError(f"{key}={str(value)!r} is a folder without a classes.json; expected that file or its folder")
 
 
 def _lookup(cfg: Mapping[str, Any], key: str) -> Any:
