@@ -92,6 +92,8 @@ _CONSTRUCTOR_ARGS = {
     "class_dropout",
     "codebook_size",
     "code_dim",
+    "codebook_sizes",
+    "bits",
     "scales",
     "attention",
 }
