@@ -128,7 +128,7 @@ class Judge:
         batches = []
         for chunk in labels.split(100):
             images = sample_images(var, vqvae, chunk, cfg=2.0, generator=generator)  # type: ignore[arg-type]
-            batches.append(to_uint8(images))
+            batches.append(torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2).contiguous())  # uint8 NCHW
         pool, logits = extract_features(self.extractor, batches)
         fid = frechet_distance(*gaussian_statistics(pool.numpy()), *self.reference)
         accuracy = float((logits.argmax(dim=1) == labels).double().mean())
