@@ -6,7 +6,7 @@ Plain PyTorch, safetensors only (nothing is unpickled), so the CLI, the Lightnin
 
     from varkit.checkpoint.init import initialize_from
     report = initialize_from(var, "weights/var_d16", classes=["cat", "dog"], class_map="map.json")
-    print(report.describe())
+    report.describe()   # what was loaded, newly initialised and dropped, as text
 
 A source directory is any of
 
