@@ -3,12 +3,14 @@
 Post-training starts from a trained generator directory (``<run>/model`` of ``varkit train``, or ``varkit
 convert`` output) given as the top-level ``init_from`` of ``varkit train``:
 
-* :func:`starting_arguments` — the transformer's architecture comes from that directory (one source of truth),
-  the training-only settings (dropout, drop path, class dropout, attention kernel) from the composed config;
-* :func:`load_starting_weights` — loads its weights into the freshly built transformer;
-* :func:`load_reference` — a frozen copy of a directory's transformer, the reference model of an objective.
+* :func:`starting_arguments` — with ``finetune.architecture=init_from``, the transformer's architecture comes from
+  that directory (one source of truth), the training-only settings (dropout, drop path, class dropout, attention
+  kernel) from the composed config;
+* :func:`load_reference` — a frozen copy of a directory's transformer (or of the model's starting weights), the
+  reference model of an objective.
 
-Plain PyTorch (no Lightning, no Hydra). The fine-tuning work (``varkit.checkpoint.init``) supersedes the first two.
+The starting weights themselves are loaded by :func:`varkit.checkpoint.init.initialize_from` (strict, with class
+remapping). Plain PyTorch (no Lightning, no Hydra).
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
-import torch
 from torch import nn
 
+from varkit.checkpoint.tokenizer_source import freeze
 from varkit.errors import ConfigError
 
-__all__ = ["TRAINING_ONLY_KEYS", "freeze", "load_reference", "load_starting_weights", "starting_arguments"]
+__all__ = ["TRAINING_ONLY_KEYS", "load_reference", "load_starting_weights", "starting_arguments"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,13 +88,6 @@ def load_starting_weights(model: nn.Module, directory: str | Path) -> None:
     logger.info("starting weights loaded from %s", folder)
 
 
-def freeze(model: nn.Module) -> nn.Module:
-    """Turn off gradients of every parameter (a frozen reference)."""
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    return model
-
-
 def load_reference(directory: str | Path | None, model: nn.Module) -> nn.Module:
     """A frozen reference transformer: the weights of ``directory``, or a copy of ``model``'s current weights.
 
@@ -104,11 +99,4 @@ def load_reference(directory: str | Path | None, model: nn.Module) -> nn.Module:
         load_starting_weights(reference, directory)
     if hasattr(reference, "class_dropout"):
         cast(Any, reference).class_dropout = 0.0  # a plain float attribute of VAR
-    return freeze(reference)
-
-
-@torch.no_grad()
-def same_weights(first: nn.Module, second: nn.Module) -> bool:
-    """Whether two modules hold bitwise-equal parameters and buffers (for tests and checks)."""
-    a, b = first.state_dict(), second.state_dict()
-    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
+    return freeze(reference)  # eval mode here; the module sets its train/eval mode with the policy each step
