@@ -30,6 +30,8 @@ from torch import Tensor, nn
 
 from varkit.nn.attention import MAX_LOG_SCALE, KVCache
 from varkit.nn.block import AdaLNBlock
+from varkit.nn.cpu_linear import InferenceLinear
+from varkit.nn.mlp import MLP
 
 if TYPE_CHECKING:
     from varkit.contracts import Scales
@@ -151,7 +153,12 @@ class _InferenceBlock:
         self.heads, self.head_dim, self.width = attention.num_heads, attention.head_dim, attention.width
         self.qkv_weight = attention.qkv.weight
         self.qkv_bias = attention.qkv_bias()
-        self.proj = attention.proj
+        # the four GEMMs, through oneDNN on a CPU (varkit.nn.cpu_linear)
+        self.qkv = InferenceLinear(attention.qkv.weight, self.qkv_bias)
+        self.proj = InferenceLinear(attention.proj.weight, attention.proj.bias)
+        mlp = block.mlp
+        self.fc1 = InferenceLinear(mlp.fc1.weight, mlp.fc1.bias, activation="gelu_tanh")
+        self.fc2 = InferenceLinear(mlp.fc2.weight, mlp.fc2.bias)
         self.scale = attention.softmax_scale
         self.qk_factor: Tensor | None = None
         if attention.qk_l2_norm:
@@ -167,16 +174,21 @@ class _InferenceBlock:
 
     @staticmethod
     def supports(block: nn.Module) -> bool:
-        """Only plain blocks: a wrapped projection (e.g. a LoRA adapter) must run through its own forward."""
+        """Only plain blocks without hooks: a wrapped projection (e.g. a LoRA adapter) runs through its own forward."""
         if type(block) is not AdaLNBlock:
             return False
-        attention = block.attention
-        return type(attention.qkv) is nn.Linear and type(attention.proj) is nn.Linear and not block.training
+        attention, mlp = block.attention, block.mlp
+        linears = (attention.qkv, attention.proj, getattr(mlp, "fc1", None), getattr(mlp, "fc2", None))
+        if type(mlp) is not MLP or not all(type(m) is nn.Linear for m in linears) or block.training:
+            return False
+        # forward hooks the user registered (e.g. to inspect activations) must fire: those run the module itself
+        modules = (block, attention, *linears, mlp)
+        return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)  # type: ignore[union-attr]
 
     def __call__(self, x: Tensor, cache: KVCache) -> Tensor:
         b, n, width = x.shape
         h = torch.addcmul(self.shift1, F.layer_norm(x, (width,), eps=self.eps), self.scale1)
-        qkv = F.linear(h, self.qkv_weight, self.qkv_bias).view(b, n, 3, self.heads, self.head_dim)
+        qkv = self.qkv(h).view(b, n, 3, self.heads, self.head_dim)
         v = qkv[:, :, 2].transpose(1, 2)
         if self.qk_factor is not None:
             qk = qkv[:, :, :2]
@@ -191,7 +203,7 @@ class _InferenceBlock:
         out = self.proj(out.transpose(1, 2).reshape(b, n, width))
         x = torch.addcmul(x, out, self.gamma1)
         h = torch.addcmul(self.shift2, F.layer_norm(x, (width,), eps=self.eps), self.scale2)
-        return torch.addcmul(x, self.block.mlp(h), self.gamma2)
+        return torch.addcmul(x, self.fc2(self.fc1(h)), self.gamma2)
 
 
 @dataclass
@@ -281,7 +293,11 @@ class ModelRunner:
 
     def head(self, x: Tensor) -> Tensor:
         model = self.model
-        return model.head(model.head_norm(x, modulation=self.head_modulation)).float()
+        h = model.head_norm(x, modulation=self.head_modulation)
+        head = model.head
+        if type(head) is nn.Linear and not (head._forward_hooks or head._forward_pre_hooks):
+            return InferenceLinear(head.weight, head.bias)(h).float()
+        return head(h).float()
 
     def cache_bytes(self) -> int:
         """Bytes allocated for keys and values over all layers (the buffers, also after rows were dropped)."""
