@@ -57,8 +57,12 @@ def fast_stack() -> list[dict[str, Any]]:
     return list(yaml.safe_load(path.read_text())["speedups"])
 
 
+_ONLY: list[str] = []  # --rows: limit the rows (the speed part; "reference" is kept when VAR_REF_DIR is set)
+
+
 def _rows() -> dict[str, list[dict[str, Any]]]:
-    return {**ROWS, "fast (stack)": fast_stack()}
+    rows = {**ROWS, "fast (stack)": fast_stack()}
+    return {name: specs for name, specs in rows.items() if not _ONLY or name in _ONLY}
 
 
 def _resolve(specs: list[dict[str, Any]], refiner: Any) -> list[dict[str, Any]]:
@@ -307,8 +311,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--sample-batch", type=int, default=50)
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument("--rows", nargs="+", default=[], help="only these rows, e.g. exact 'fast (stack)'")
     parser.add_argument("--child-peak", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    _ONLY[:] = args.rows
     if args.child_peak:
         _child_peak(args.child_peak, args.depth)
         return
@@ -322,9 +328,12 @@ def main() -> None:
             speed_rows.setdefault(name, {})["peak MiB"] = peak
     if "quality" in args.parts:
         quality_rows, note = quality(args.quality_root, args.per_class, args.seeds, args.sample_batch, args.checkpoint)
+    from varkit.nn.cpu_linear import cpu_linear_backend
+
     print(
         f"VAR-d{args.depth} shape, fp32, {args.threads} threads, {args.clock} clock, cfg 1.5 linear, top-k 900, "
-        f"top-p 0.96, 256 px decode included; median of {args.reps} round-robin runs"
+        f"top-p 0.96, 256 px decode included; median of {args.reps} round-robin runs; CPU linears: "
+        f"{cpu_linear_backend()}"
     )
     print_matrix(speed_rows, quality_rows, args.batch)
     if note:
