@@ -90,6 +90,20 @@ def train_tokenizer(root: Path, variant: str, steps: int | None) -> dict[str, An
     return result
 
 
+def adopt(root: Path, run: Path) -> None:
+    """Link a finished tokenizer run (``.../runs/tokenizer-demo``) as this variant's, timing from its CSV log."""
+    (root / "runs").mkdir(parents=True, exist_ok=True)
+    link = root / "runs" / "tokenizer-demo"
+    if not link.exists():
+        link.symlink_to(run.resolve())
+    timing = root / "tokenizer_time.json"
+    if not timing.is_file():
+        config = json.loads((run / "tokenizer" / "config.json").read_text())
+        steps = 2000
+        timing.write_text(json.dumps({"seconds": None, "steps": steps, "quantizer": config["config"]["quantizer"],
+                                      "adopted": str(run)}, indent=1) + "\n")  # fmt: skip
+
+
 def _val_images(data: Path, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     from varkit.data.shards import expand_urls
     from varkit.evaluation.shard_images import iter_shard_samples
@@ -155,6 +169,31 @@ def evaluate_tokenizer(root: Path, data: Path, extractor: Any) -> dict[str, Any]
     return result
 
 
+@torch.no_grad()
+def train_usage(root: Path, data: Path) -> dict[str, Any]:
+    """Per-scale code usage over every demo *training* image (4000 images: every scale has more positions than
+    codes, so 100 % is reachable everywhere; the 200 validation images leave the 2x2 map 800 draws for 512 codes,
+    where even perfectly uniform use would show only ~79 %)."""
+    saved = root / "train_usage.json"
+    if saved.is_file():
+        return json.loads(saved.read_text())
+    from varkit.checkpoint import from_pretrained
+    from varkit.data.shards import expand_urls
+    from varkit.evaluation.shard_images import iter_shard_samples
+    from varkit.quantizers.codebook import codebook_health, vocabulary_sizes_of
+
+    vae: Any = from_pretrained(root / "runs" / "tokenizer-demo" / "tokenizer", expect="vqvae")
+    images = [image for image, _ in iter_shard_samples(expand_urls(str(data / "train")), int(vae.image_size[0]))]
+    counts = torch.zeros(len(vae.scales), int(vae.quantizer.codebook_size), dtype=torch.float64)
+    for start in range(0, len(images), 200):
+        batch = torch.stack([torch.from_numpy(i.copy()).permute(2, 0, 1) for i in images[start : start + 200]])
+        for k, t in enumerate(vae.tokenize(batch.float() / 127.5 - 1.0)):
+            counts[k] += torch.bincount(t.flatten(), minlength=counts.shape[1]).double()
+    health = codebook_health(counts, vocabulary_sizes_of(vae.quantizer, vae.scales), images=len(images))
+    saved.write_text(json.dumps(health, indent=1) + "\n")
+    return health
+
+
 def train_transformer(root: Path, variant: str, steps: int | None) -> float | None:
     marker = root / "transformer_time.json"
     if marker.is_file():
@@ -197,7 +236,8 @@ def _fmt_list(values: list[float], digits: int = 2) -> str:
 
 def table(root: Path) -> str:
     header = [
-        "tokenizer", "PSNR dB", "SSIM", "rFID (tiny)", "usage per scale (of reachable)", "codes per scale",
+        "tokenizer", "PSNR dB", "SSIM", "rFID (tiny)", "usage per scale, train (4000 img)",
+        "usage per scale, val (of reachable)", "codes per scale",
         "s/step", "gFID (tiny)", "class acc.",
     ]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -205,13 +245,16 @@ def table(root: Path) -> str:
         tok = _read_json(root / variant / "tokenizer_eval.json")
         timing = _read_json(root / variant / "tokenizer_time.json")
         gen = _read_json(root / variant / "generator_eval.json")
+        train = _read_json(root / variant / "train_usage.json")
         if tok is None:
             lines.append(f"| {variant} | not run |" + " |" * (len(header) - 2))
             continue
-        per_step = f"{timing['seconds'] / timing.get('steps', 2000):.3f}" if timing else "?"
+        seconds, steps = (timing.get("seconds"), timing.get("steps", 2000)) if timing else (None, 2000)
+        per_step = f"{seconds / steps:.3f}" if seconds else "?"
         cells = [
             variant, f"{tok['psnr']:.2f}", f"{tok['ssim']:.3f}", f"{tok['rfid']:.2f}",
-            _fmt_list(tok["usage_of_reachable"]), " / ".join(str(c) for c in tok["codes"]), per_step,
+            _fmt_list(train["usage"]) if train else "?", _fmt_list(tok["usage_of_reachable"]),
+            " / ".join(str(c) for c in tok["codes"]), per_step,
             f"{gen['gfid']:.2f}" if gen else "not run", f"{gen['accuracy']:.2f}" if gen else "not run",
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
@@ -229,6 +272,12 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=20, help="generated images per class (generation FID)")
     parser.add_argument("--cfg", type=float, default=1.5)
     parser.add_argument("--report", action="store_true", help="only print the table of finished runs")
+    parser.add_argument(
+        "--adopt",
+        type=Path,
+        help="with one --variants NAME: take this finished tokenizer run dir (e.g. the "
+        "quickstart's runs/tokenizer-demo, which is msvq+restart at seed 0) instead of training it again",
+    )
     args = parser.parse_args()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     if not args.report:
@@ -236,9 +285,12 @@ def main() -> None:
         for variant in args.variants:
             root = args.root / variant
             _link_data(root, args.data)
+            if args.adopt:
+                adopt(root, args.adopt)
             train_tokenizer(root, variant, args.steps)
             extractor = extractor or _extractor(args.data)
             evaluate_tokenizer(root, args.data, extractor)
+            train_usage(root, args.data)
             print(f"{variant}: tokenizer done", flush=True)
         if args.transformer:
             for variant in args.variants:
