@@ -58,10 +58,11 @@ def fast_stack() -> list[dict[str, Any]]:
 
 
 _ONLY: list[str] = []  # --rows: limit the rows (the speed part; "reference" is kept when VAR_REF_DIR is set)
+_EXTRA: dict[str, list[dict[str, Any]]] = {}  # --extra-row NAME JSON: candidate stacks measured beside the others
 
 
 def _rows() -> dict[str, list[dict[str, Any]]]:
-    rows = {**ROWS, "fast (stack)": fast_stack()}
+    rows = {**ROWS, "fast (stack)": fast_stack(), **_EXTRA}
     return {name: specs for name, specs in rows.items() if not _ONLY or name in _ONLY}
 
 
@@ -312,9 +313,15 @@ def main() -> None:
     parser.add_argument("--sample-batch", type=int, default=50)
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     parser.add_argument("--rows", nargs="+", default=[], help="only these rows, e.g. exact 'fast (stack)'")
+    parser.add_argument(
+        "--extra-row", nargs=2, action="append", default=[], metavar=("NAME", "JSON"),
+        help="another row: a name and a JSON list of speed-up specs, e.g. "
+        "'[{\"name\": \"token_pruning\", \"ratio\": 0.6}]'",
+    )  # fmt: skip
     parser.add_argument("--child-peak", help=argparse.SUPPRESS)
     args = parser.parse_args()
     _ONLY[:] = args.rows
+    _EXTRA.update({name: json.loads(specs) for name, specs in args.extra_row})
     if args.child_peak:
         _child_peak(args.child_peak, args.depth)
         return
