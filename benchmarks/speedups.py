@@ -6,8 +6,9 @@ this repository), the reference itself. Columns:
 
 * ``s/img bN``: seconds per image at VAR-d16 shape (random weights, fp32, 2 threads, guidance cfg 1.5 on the
   linear ramp, top-k 900 / top-p 0.96, 256 px decode included), batch N; all rows of one batch size run
-  round-robin in one process (median of ``--reps``), so machine noise hits them alike; ``x ref`` = reference
-  time / row time;
+  round-robin in one process (median of ``--reps``), so machine noise hits them alike; ``x ref`` = the median
+  over repetitions of reference time / row time within the same repetition (paired, so slow drifts of a shared
+  machine cancel; the JSON also holds the range);
 * ``KV MiB``: KV-cache bytes allocated for one batch-1 call (``GenerationOutput.stats``);
 * ``peak MiB``: peak resident memory of a separate process that builds the models and samples one batch 1 image
   (model weights included, so differences are what matters);
@@ -152,6 +153,10 @@ def speed(depth: int, batches: list[int], reps: int, threads: int, clock: str) -
                 print(f"  b{batch} {name}: {times[name][-1]:.2f} s", file=sys.stderr, flush=True)
         for name in results:
             results[name][f"s/img b{batch}"] = statistics.median(times[name]) / batch
+            if "reference" in times:  # paired: each repetition's rows ran back to back, so load drifts cancel
+                ratios = [r / t for r, t in zip(times["reference"], times[name])]
+                results[name][f"x ref b{batch}"] = statistics.median(ratios)
+                results[name][f"x ref range b{batch}"] = [min(ratios), max(ratios)]
     labels = torch.tensor([3])
     for name, spec in specs.items():
         kwargs = spec.generate_kwargs()
@@ -288,7 +293,8 @@ def print_matrix(
         for batch in batches:
             t = s.get(f"s/img b{batch}")
             r = ref.get(f"s/img b{batch}")
-            cells += [_fmt(t, ".3f"), _fmt(r / t if (t and r) else None, ".2f")]
+            paired = s.get(f"x ref b{batch}", r / t if (t and r) else None)
+            cells += [_fmt(t, ".3f"), _fmt(paired, ".2f")]
         cells += [_fmt(s.get("KV MiB"), ".1f"), _fmt(s.get("peak MiB"), ".0f")]
         cells += [_fmt(q.get("FID"), ".3f"), _fmt(q.get("class acc"), ".3f")]
         print("| " + " | ".join(cells) + " |")

@@ -94,11 +94,17 @@ def train_tokenizer(root: Path, variant: str, steps: int | None) -> dict[str, An
 
 
 def adopt(root: Path, run: Path) -> None:
-    """Link a finished tokenizer run (``.../runs/tokenizer-demo``) as this variant's, timing from its CSV log."""
+    """Link a finished tokenizer run (``.../runs/tokenizer-demo``) as this variant's; when the transformer trained on
+    it sits beside it (``.../runs/var-demo``, as ``varkit quickstart`` leaves them), link that too."""
     (root / "runs").mkdir(parents=True, exist_ok=True)
     link = root / "runs" / "tokenizer-demo"
     if not link.exists():
         link.symlink_to(run.resolve())
+    generator = run.parent / "var-demo"
+    if (generator / "model").is_dir() and not (root / "runs" / "var-demo").exists():
+        (root / "runs" / "var-demo").symlink_to(generator.resolve())
+        marker = {"seconds": None, "adopted": str(generator)}
+        (root / "transformer_time.json").write_text(json.dumps(marker) + "\n")
     timing = root / "tokenizer_time.json"
     if not timing.is_file():
         config = json.loads((run / "tokenizer" / "config.json").read_text())
@@ -200,7 +206,8 @@ def train_usage(root: Path, data: Path) -> dict[str, Any]:
 def train_transformer(root: Path, variant: str, steps: int | None) -> float | None:
     marker = root / "transformer_time.json"
     if marker.is_file():
-        return float(json.loads(marker.read_text())["seconds"])
+        seconds = json.loads(marker.read_text())["seconds"]
+        return None if seconds is None else float(seconds)
     overrides = [a for item in VARIANTS[variant] for a in ("--tokenizer-override", item)]
     budget = ["--steps", str(steps)] if steps else []
     seconds = _varkit(["quickstart", "--output", str(root), *overrides, *budget], root / "quickstart.log")
