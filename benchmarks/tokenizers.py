@@ -47,11 +47,12 @@ VARIANTS: dict[str, list[str]] = {
     # the demo's 10 classes lands on ~20 of 512 codes with every quantizer), the fine ones the full 512
     "msibq-vocab": ["quantizer=msibq", "codebook.restart=false", "quantizer.codebook_sizes=[16,128,256,512,512,512]"],
     "msibq-vocab8": ["quantizer=msibq", "codebook.restart=false", "quantizer.codebook_sizes=[8,64,256,512,512,512]"],
+    "msibq-vocab4": ["quantizer=msibq", "codebook.restart=false", "quantizer.codebook_sizes=[4,32,256,512,512,512]"],
     "mssimvq": ["quantizer=mssimvq", "codebook.restart=false"],
     "msbsq": ["quantizer=msbsq", "quantizer.bits=9"],
 }
 #: the order runs are started in: the new quantizers first (the issue's question), the baselines after
-ORDER = ["mssimvq", "msibq", "msibq-vocab", "msibq-vocab8", "msbsq", "msfsq", "msvq", "msvq+restart"]
+ORDER = ["mssimvq", "msibq", "msibq-vocab", "msibq-vocab8", "msibq-vocab4", "msbsq", "msfsq", "msvq", "msvq+restart"]
 
 
 def _varkit(arguments: list[str], log: Path) -> float:
