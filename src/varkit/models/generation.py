@@ -153,10 +153,8 @@ class _InferenceBlock:
         self.block, self.attention = block, attention
         self.eps = block.norm_eps
         self.heads, self.head_dim, self.width = attention.num_heads, attention.head_dim, attention.width
-        self.qkv_weight = attention.qkv.weight
-        self.qkv_bias = attention.qkv_bias()
-        # the four GEMMs, through oneDNN on a CPU (varkit.nn.cpu_linear)
-        self.qkv = InferenceLinear(attention.qkv.weight, self.qkv_bias)
+        # the four GEMMs, through oneDNN on a CPU (varkit.nn.cpu_linear); the fused QKV bias is built once per call
+        self.qkv = InferenceLinear(attention.qkv.weight, attention.qkv_bias())
         self.proj = InferenceLinear(attention.proj.weight, attention.proj.bias)
         mlp = block.mlp
         self.fc1 = InferenceLinear(mlp.fc1.weight, mlp.fc1.bias, activation="gelu_tanh")
@@ -166,7 +164,8 @@ class _InferenceBlock:
         if attention.qk_l2_norm:
             # queries are multiplied by the learned per-head temperature, keys by 1: one factor for both
             temperature = attention.log_scale.clamp(max=MAX_LOG_SCALE).exp().view(1, 1, 1, self.heads, 1)
-            self.qk_factor = torch.cat((temperature, torch.ones_like(temperature)), dim=2).to(self.qkv_weight.dtype)
+            factor = torch.cat((temperature, torch.ones_like(temperature)), dim=2)
+            self.qk_factor = factor.to(attention.qkv.weight.dtype)
         self.set_modulation(modulation)
 
     def set_modulation(self, modulation: Tensor) -> None:
@@ -246,6 +245,10 @@ class ModelRunner:
             )
             for _ in model.blocks
         ]
+        # a plain linear head runs through oneDNN too; a wrapped or hooked one through its own forward
+        head = model.head
+        plain_head = type(head) is nn.Linear and not (head._forward_hooks or head._forward_pre_hooks)
+        self._head = InferenceLinear(head.weight, head.bias) if plain_head else head
         fused = all(_InferenceBlock.supports(block) for block in model.blocks)
         self.fused = (
             [_InferenceBlock(block, m) for block, m in zip(model.blocks, self.modulations)]  # type: ignore[arg-type]
@@ -294,12 +297,8 @@ class ModelRunner:
         return x
 
     def head(self, x: Tensor) -> Tensor:
-        model = self.model
-        h = model.head_norm(x, modulation=self.head_modulation)
-        head = model.head
-        if type(head) is nn.Linear and not (head._forward_hooks or head._forward_pre_hooks):
-            return InferenceLinear(head.weight, head.bias)(h).float()
-        return head(h).float()
+        h = self.model.head_norm(x, modulation=self.head_modulation)
+        return self._head(h).float()
 
     def cache_bytes(self) -> int:
         """Bytes allocated for keys and values over all layers (the buffers, also after rows were dropped)."""

@@ -40,9 +40,9 @@ __all__ = [
 ]
 
 _BACKENDS = ("auto", "onednn", "onednn_packed", "aten")
-_backend = os.environ.get("VARKIT_CPU_LINEAR", "auto").strip().lower() or "auto"
-if _backend not in _BACKENDS:
-    raise ValueError(f"VARKIT_CPU_LINEAR={_backend!r} is not one of {', '.join(_BACKENDS)}")
+_requested = os.environ.get("VARKIT_CPU_LINEAR", "auto").strip().lower() or "auto"
+if _requested not in _BACKENDS:
+    raise ValueError(f"VARKIT_CPU_LINEAR={_requested!r} is not one of {', '.join(_BACKENDS)}")
 _CACHE_LIMIT = int(float(os.environ.get("VARKIT_PACKED_CACHE_MB", "4096")) * 2**20)
 #: the row count oneDNN is told to expect when reordering (a mid-size scale; measured insensitive from 16 to 512)
 _ROWS_HINT = 64
@@ -58,20 +58,29 @@ def onednn_linear_available() -> bool:
     )
 
 
+def _resolve(name: str) -> str:
+    """``auto`` -> ``onednn`` where available, else ``aten``; the other names as they are."""
+    if name == "auto":
+        return "onednn" if onednn_linear_available() else "aten"
+    return name
+
+
+#: the backend in effect, resolved once (not on every product of the sampling loop)
+_backend = _resolve(_requested)
+
+
 def set_cpu_linear_backend(name: str) -> None:
-    """``auto`` | ``onednn`` | ``aten`` for the CPU inference linears (see the module docstring)."""
+    """``auto`` | ``onednn`` | ``onednn_packed`` | ``aten`` for the CPU inference linears (module docstring)."""
     global _backend
     if name not in _BACKENDS:
         raise ValueError(f"unknown CPU linear backend {name!r}; choose one of {', '.join(_BACKENDS)}")
     if name.startswith("onednn") and not onednn_linear_available():
         raise RuntimeError("this PyTorch build has no oneDNN packed linear (torch.backends.mkldnn is unavailable)")
-    _backend = name
+    _backend = _resolve(name)
 
 
 def cpu_linear_backend() -> str:
     """The backend in effect: ``onednn``, ``onednn_packed`` or ``aten`` (``auto`` resolved)."""
-    if _backend == "auto":
-        return "onednn" if onednn_linear_available() else "aten"
     return _backend
 
 
@@ -149,7 +158,7 @@ class InferenceLinear:
         self.weight, self.bias, self.activation = weight, bias, activation
 
     def _onednn_dtype(self, x: Tensor) -> torch.dtype | None:
-        if not cpu_linear_backend().startswith("onednn") or x.device.type != "cpu" or torch.is_grad_enabled():
+        if _backend == "aten" or x.device.type != "cpu" or torch.is_grad_enabled():
             return None
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
         if dtype not in (torch.float32, torch.bfloat16) or self.weight.device.type != "cpu":
@@ -163,7 +172,7 @@ class InferenceLinear:
         if dtype is None:
             out = F.linear(x, self.weight, self.bias)
             return F.gelu(out, approximate="tanh") if self.activation == "gelu_tanh" else out
-        if cpu_linear_backend() == "onednn_packed":
+        if _backend == "onednn_packed":
             weight = _CACHE.get(self.weight, dtype)
         else:
             weight = self.weight.to(dtype)
