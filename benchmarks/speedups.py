@@ -60,6 +60,7 @@ def fast_stack() -> list[dict[str, Any]]:
 
 _ONLY: list[str] = []  # --rows: limit the rows (the speed part; "reference" is kept when VAR_REF_DIR is set)
 _EXTRA: dict[str, list[dict[str, Any]]] = {}  # --extra-row NAME JSON: candidate stacks measured beside the others
+_BACKENDS: dict[str, str] = {}  # row name -> CPU linear backend for that row only (--extra-row with a JSON object)
 
 
 def _rows() -> dict[str, list[dict[str, Any]]]:
@@ -121,7 +122,9 @@ def _reference(depth: int) -> Any:
 
 def speed(depth: int, batches: list[int], reps: int, threads: int, clock: str) -> dict[str, dict[str, Any]]:
     from varkit.models.var import sample_images
+    from varkit.nn.cpu_linear import cpu_linear_backend, set_cpu_linear_backend
 
+    default_backend = cpu_linear_backend()
     torch.set_num_threads(threads)
     timer = time.process_time if clock == "cpu" else time.perf_counter
     var, refiner, vqvae = _d16(depth)
@@ -133,6 +136,7 @@ def speed(depth: int, batches: list[int], reps: int, threads: int, clock: str) -
         labels = torch.arange(batch) * 37 % 1000
 
         def once(name: str, seed: int, batch: int = batch, labels: torch.Tensor = labels) -> float:
+            set_cpu_linear_backend(_BACKENDS.get(name, default_backend))
             start = timer()
             generator = torch.Generator().manual_seed(seed)
             with torch.inference_mode():
@@ -145,8 +149,9 @@ def speed(depth: int, batches: list[int], reps: int, threads: int, clock: str) -
             return timer() - start
 
         times: dict[str, list[float]] = {name: [] for name in results}
-        for name in [n for n in ("reference", "exact") if n in results]:
-            once(name, 0)  # warm-up (allocator, oneDNN primitives); the speed-up rows share the exact row's shapes
+        warm = ["reference", "exact", *(n for n in _BACKENDS if n in results)]
+        for name in [n for n in dict.fromkeys(warm) if n in results]:
+            once(name, 0)  # warm-up (allocator, oneDNN primitives, packed weights); speed-up rows share exact's shapes
         for rep in range(reps):  # round-robin: every row sees the same machine load
             for name in results:
                 times[name].append(once(name, rep + 1))
@@ -322,12 +327,20 @@ def main() -> None:
     parser.add_argument(
         "--extra-row", nargs=2, action="append", default=[], metavar=("NAME", "JSON"),
         help="another row: a name and a JSON list of speed-up specs, e.g. "
-        "'[{\"name\": \"token_pruning\", \"ratio\": 0.6}]'",
+        "'[{\"name\": \"token_pruning\", \"ratio\": 0.6}]', or an object with the list under \"speedups\" and "
+        "a CPU linear backend for this row under \"cpu_linear\", e.g. '{\"cpu_linear\": \"aten\"}'",
     )  # fmt: skip
     parser.add_argument("--child-peak", help=argparse.SUPPRESS)
     args = parser.parse_args()
     _ONLY[:] = args.rows
-    _EXTRA.update({name: json.loads(specs) for name, specs in args.extra_row})
+    for name, text in args.extra_row:
+        value = json.loads(text)
+        if isinstance(value, dict):  # {"speedups": [...], "cpu_linear": "onednn_packed"}
+            _EXTRA[name] = list(value.get("speedups", []))
+            if "cpu_linear" in value:
+                _BACKENDS[name] = str(value["cpu_linear"])
+        else:
+            _EXTRA[name] = value
     if args.child_peak:
         _child_peak(args.child_peak, args.depth)
         return

@@ -16,9 +16,10 @@ pytestmark = pytest.mark.skipif(not cpu_linear.onednn_linear_available(), reason
 
 @pytest.fixture(autouse=True)
 def _restore_backend() -> Iterator[None]:
-    before = cpu_linear._backend
+    before, limit = cpu_linear._backend, cpu_linear._CACHE.limit
     yield
     cpu_linear._backend = before
+    cpu_linear._CACHE.limit = limit
     cpu_linear.clear_packed_cache()
 
 
@@ -83,6 +84,27 @@ def test_packed_cache_forgets_dead_weights() -> None:
     assert cpu_linear.packed_cache_bytes() == 0
 
 
+def test_full_packed_cache_runs_the_rest_unpacked_and_evicts_nothing() -> None:
+    """A model larger than the cache keeps its first weights packed; the others run on their plain weights."""
+    set_cpu_linear_backend("onednn_packed")
+    layers = [_layer(seed) for seed in range(3)]
+    one = 64 * 96 * 4
+    cpu_linear.set_packed_cache_limit(2.5 * one / 2**20)
+    x = torch.randn(4, 64)
+    with torch.inference_mode():
+        for _ in range(2):  # a second pass (the next scale) must neither evict nor re-pack
+            for layer in layers:
+                got = InferenceLinear(layer.weight, layer.bias)(x)
+                torch.testing.assert_close(got, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+            assert cpu_linear.packed_cache_bytes() == 2 * one
+            cached = [entry[0]() for entry in cpu_linear._CACHE.entries.values()]
+            assert cached[0] is layers[0].weight and cached[1] is layers[1].weight and len(cached) == 2
+    cpu_linear.set_packed_cache_limit(1.5 * one / 2**20)  # lowering the bound drops the latest entries
+    assert cpu_linear.packed_cache_bytes() == one
+    with pytest.raises(ValueError, match=">= 0"):
+        cpu_linear.set_packed_cache_limit(-1)
+
+
 def test_autograd_uses_f_linear_and_gets_gradients() -> None:
     set_cpu_linear_backend("onednn")
     layer = _layer()
@@ -95,7 +117,7 @@ def test_backend_names_are_checked() -> None:
     with pytest.raises(ValueError, match="onednn_packed"):
         set_cpu_linear_backend("mkl")
     set_cpu_linear_backend("auto")
-    assert cpu_linear_backend() == "onednn"
+    assert cpu_linear_backend() == "onednn_packed"
     set_cpu_linear_backend("aten")
     assert cpu_linear_backend() == "aten"
 
@@ -106,10 +128,11 @@ def test_sampler_tokens_identical_across_backends_on_a_tiny_model() -> None:
 
     model, quantizer = tiny_var(0), _quantizer("msvq")
     tokens = {}
-    for backend in ("aten", "onednn"):
+    for backend in ("aten", "onednn", "onednn_packed"):
         set_cpu_linear_backend(backend)
         with torch.inference_mode():
             out = model.generate(torch.tensor([1, 2]), quantizer, generator=torch.Generator().manual_seed(0), cfg=1.5)
         tokens[backend] = out.tokens
-    for a, b in zip(tokens["aten"], tokens["onednn"]):
-        assert torch.equal(a, b)
+    for backend in ("onednn", "onednn_packed"):
+        for a, b in zip(tokens["aten"], tokens[backend]):
+            assert torch.equal(a, b)
