@@ -136,3 +136,96 @@ def test_sampler_tokens_identical_across_backends_on_a_tiny_model() -> None:
     for backend in ("onednn", "onednn_packed"):
         for a, b in zip(tokens["aten"], tokens[backend]):
             assert torch.equal(a, b)
+
+
+# -- training linears (Linear / linear with VARKIT_TRAIN_LINEAR) -----------------------------------------------------
+@pytest.fixture
+def _restore_train_backend() -> Iterator[None]:
+    before = cpu_linear._train_backend
+    yield
+    cpu_linear._train_backend = before
+
+
+@pytest.mark.usefixtures("_restore_train_backend")
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("transposed_input", [False, True])
+def test_training_linear_matches_f_linear_values_and_gradients(bias: bool, transposed_input: bool) -> None:
+    from varkit.nn.cpu_linear import Linear, set_train_linear_backend, train_linear_backend
+
+    torch.manual_seed(0)
+    layer = Linear(48, 80, bias=bias)
+    x = torch.randn(3, 48, 7).transpose(1, 2) if transposed_input else torch.randn(3, 7, 48)  # non-contiguous too
+    x.requires_grad_(True)
+    upstream = torch.randn(3, 7, 80)
+    grads = {}
+    for backend in ("aten", "onednn"):
+        set_train_linear_backend(backend)
+        assert train_linear_backend() == backend
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        out = layer(x)
+        (out * upstream).sum().backward()
+        grads[backend] = (out.detach(), x.grad, layer.weight.grad, None if layer.bias is None else layer.bias.grad)
+    for a, b in zip(grads["aten"], grads["onednn"]):
+        if a is None:
+            assert b is None
+        else:
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    assert isinstance(layer, torch.nn.Linear)
+    assert set(layer.state_dict()) == ({"weight", "bias"} if bias else {"weight"})
+
+
+@pytest.mark.usefixtures("_restore_train_backend")
+def test_training_linear_uses_onednn_only_where_it_should(monkeypatch: pytest.MonkeyPatch) -> None:
+    from varkit.nn.cpu_linear import Linear, _OneDNNLinear, set_train_linear_backend
+
+    calls = []
+    real_apply = _OneDNNLinear.apply
+    monkeypatch.setattr(_OneDNNLinear, "apply", lambda *a: calls.append(1) or real_apply(*a))
+    set_train_linear_backend("onednn")
+    layer = Linear(16, 8)
+    x = torch.randn(4, 16, requires_grad=True)
+    layer(x).sum().backward()
+    assert len(calls) == 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.bfloat16  # autocast: F.linear
+    layer.double()(x.double())  # float64: F.linear
+    set_train_linear_backend("aten")
+    Linear(16, 8)(x)
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="onednn"):
+        set_train_linear_backend("mkl")
+
+
+@pytest.mark.usefixtures("_restore_train_backend")
+def test_auto_training_backend_is_probed_once() -> None:
+    from varkit.nn.cpu_linear import set_train_linear_backend, train_linear_backend
+
+    set_train_linear_backend("auto")
+    assert cpu_linear._train_backend is None
+    chosen = train_linear_backend()
+    assert chosen in ("onednn", "aten") and cpu_linear._train_backend == chosen
+
+
+@pytest.mark.usefixtures("_restore_train_backend")
+def test_var_training_step_gradients_agree_across_training_backends() -> None:
+    """A whole teacher-forced VAR loss: the oneDNN training linears give the F.linear gradients (fp32)."""
+    from varkit.nn.cpu_linear import set_train_linear_backend
+    from varkit.testing.speedup import tiny_var
+
+    model = tiny_var(0).train()
+    total, first = model.scales.total_tokens, model.scales.first_tokens
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, int(model.num_classes), (3,), generator=generator)
+    inputs = torch.randn(3, total - first, model.word_embedding.in_features, generator=generator)
+    targets = torch.randint(0, model.head.out_features, (3, total), generator=generator)
+    grads = {}
+    for backend in ("aten", "onednn"):
+        set_train_linear_backend(backend)
+        model.zero_grad(set_to_none=True)
+        logits = model(labels, inputs, generator=torch.Generator().manual_seed(2))
+        F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)).backward()
+        grads[backend] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert grads["aten"].keys() == grads["onednn"].keys() and len(grads["aten"]) > 10
+    for name, grad in grads["aten"].items():
+        torch.testing.assert_close(grads["onednn"][name], grad, rtol=1e-4, atol=1e-5, msg=name)

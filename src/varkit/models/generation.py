@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from varkit.nn.attention import MAX_LOG_SCALE, KVCache
 from varkit.nn.block import AdaLNBlock
-from varkit.nn.cpu_linear import InferenceLinear
+from varkit.nn.cpu_linear import InferenceLinear, Linear
 from varkit.nn.mlp import MLP
 
 if TYPE_CHECKING:
@@ -141,6 +141,10 @@ class EditConstraint:
         return torch.where(self.keep(k, indices.device), self.tokens[k].to(indices.device), indices)
 
 
+#: linears the fused inference path may read the weights of directly (anything else runs its own forward)
+_PLAIN_LINEARS = (nn.Linear, Linear)
+
+
 class _InferenceBlock:
     """One :class:`~varkit.nn.block.AdaLNBlock` evaluated for KV-cached sampling with per-call constants folded in.
 
@@ -180,7 +184,7 @@ class _InferenceBlock:
             return False
         attention, mlp = block.attention, block.mlp
         linears = (attention.qkv, attention.proj, getattr(mlp, "fc1", None), getattr(mlp, "fc2", None))
-        if type(mlp) is not MLP or not all(type(m) is nn.Linear for m in linears) or block.training:
+        if type(mlp) is not MLP or not all(type(m) in _PLAIN_LINEARS for m in linears) or block.training:
             return False
         # forward hooks the user registered (e.g. to inspect activations) must fire: those run the module itself
         modules = (block, attention, *linears, mlp)
@@ -247,7 +251,7 @@ class ModelRunner:
         ]
         # a plain linear head runs through oneDNN too; a wrapped or hooked one through its own forward
         head = model.head
-        plain_head = type(head) is nn.Linear and not (head._forward_hooks or head._forward_pre_hooks)
+        plain_head = type(head) in _PLAIN_LINEARS and not (head._forward_hooks or head._forward_pre_hooks)
         self._head = InferenceLinear(head.weight, head.bias) if plain_head else head
         fused = all(_InferenceBlock.supports(block) for block in model.blocks)
         self.fused = (

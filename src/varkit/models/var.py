@@ -37,6 +37,7 @@ from varkit.models.sampling import (
 from varkit.nn.adaln import AdaLNModulation, HeadAdaLN, SharedAdaLN
 from varkit.nn.attention import KernelSpec
 from varkit.nn.block import AdaLNBlock
+from varkit.nn.cpu_linear import Linear
 from varkit.nn.embeddings import ScalePositionEmbedding
 from varkit.nn.heads import (
     bitwise_loss,
@@ -209,7 +210,7 @@ class VAR(nn.Module):
             for rate in rates
         )
         self.head_norm = HeadAdaLN(width, width, norm_eps)
-        self.head = nn.Linear(width, codebook_size if self.bits is None else self.bits)
+        self.head = Linear(width, codebook_size if self.bits is None else self.bits)
         self.token_vocabularies: Tensor | None
         if self.codebook_sizes is not None:
             vocabularies = token_vocabularies(self.codebook_sizes, self.scales.token_counts)

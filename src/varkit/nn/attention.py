@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from varkit.contracts import AttentionKernel, BlockCausalMask
+from varkit.nn.cpu_linear import Linear
 from varkit.registry import ATTENTION_KERNELS
 
 __all__ = ["KVCache", "SelfAttention"]
@@ -102,11 +103,11 @@ class SelfAttention(nn.Module):
         else:
             # The reference's fixed temperature for plain dot-product attention (smaller than 1/sqrt(d)).
             self.softmax_scale = 0.25 / math.sqrt(self.head_dim)
-        self.qkv = nn.Linear(width, 3 * width, bias=False)
+        self.qkv = Linear(width, 3 * width, bias=False)
         self.q_bias = nn.Parameter(torch.zeros(width))
         self.v_bias = nn.Parameter(torch.zeros(width))
         self.register_buffer("zero_k_bias", torch.zeros(width), persistent=False)
-        self.proj = nn.Linear(width, width)
+        self.proj = Linear(width, width)
         self.attention_dropout = float(attention_dropout)
         self.dropout = float(dropout)
         self.kernel = ATTENTION_KERNELS.resolve(kernel)

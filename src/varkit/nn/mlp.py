@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from varkit.nn.cpu_linear import Linear
+
 __all__ = ["MLP"]
 
 
@@ -13,8 +15,8 @@ class MLP(nn.Module):
 
     def __init__(self, width: int, hidden: int, dropout: float = 0.0) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(width, hidden)
-        self.fc2 = nn.Linear(hidden, width)
+        self.fc1 = Linear(width, hidden)
+        self.fc2 = Linear(hidden, width)
         self.dropout = float(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
