@@ -9,7 +9,12 @@ random weights and random teacher-forcing inputs/targets. Each variant runs in i
 Variants: ``fp32``; ``autocast`` (float32 master weights under CPU bf16 autocast); ``*-foreach`` uses the foreach
 AdamW instead of the fused one; ``*-compile`` compiles each block with ``torch.compile`` (one graph shared by all
 blocks; the first, compiling step is excluded from the timings).
-``--attention`` picks the kernel spec (``sdpa`` dense mask by default).
+``fp32-aten`` / ``fp32-onednn`` pin the training linears' CPU backend (``VARKIT_TRAIN_LINEAR``; plain ``fp32`` uses
+``auto``, which probes once). ``--attention`` picks the kernel spec (``sdpa`` dense mask by default).
+``--shape quickstart`` times the quickstart's transformer instead (depth 6, width 192, 10 classes, 512 codes of
+dim 16, scales 1..8 = 130 tokens; use ``--batch 32`` as the quickstart does)::
+
+    python benchmarks/train_step.py --shape quickstart --batch 32 --variants fp32-aten fp32 autocast --runs 10
 """
 
 from __future__ import annotations
@@ -27,7 +32,28 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-VARIANTS = ("fp32", "autocast", "fp32-foreach", "autocast-foreach", "fp32-compile", "autocast-compile")
+VARIANTS = (
+    "fp32",
+    "autocast",
+    "fp32-foreach",
+    "autocast-foreach",
+    "fp32-compile",
+    "autocast-compile",
+    "fp32-aten",
+    "fp32-onednn",
+)
+#: the transformer of ``varkit quickstart`` (experiment=quickstart on the demo tokens): ``--shape quickstart``
+QUICKSTART_SHAPE: dict[str, Any] = {
+    "num_classes": 10,
+    "depth": 6,
+    "width": 192,
+    "num_heads": 4,
+    "codebook_size": 512,
+    "code_dim": 16,
+    "scales": [1, 2, 3, 4, 6, 8],
+    "qk_l2_norm": True,
+    "drop_path": 0.025,
+}
 
 
 def step_flops(depth: int, width: int, tokens: int, batch: int, vocab: int = 4096) -> float:
@@ -36,14 +62,17 @@ def step_flops(depth: int, width: int, tokens: int, batch: int, vocab: int = 409
     return 3.0 * forward
 
 
-def run_one(depth: int, batch: int, variant: str, runs: int, attention: str) -> dict[str, Any]:
+def run_one(depth: int, batch: int, variant: str, runs: int, attention: str, shape: str = "official") -> dict[str, Any]:
     torch.set_num_threads(2)
     import varkit  # noqa: F401
     from varkit.models.var import VAR
     from varkit.models.var_presets import official_shape
+    from varkit.nn.cpu_linear import set_train_linear_backend, train_linear_backend
 
+    set_train_linear_backend(variant.split("-")[1] if variant in ("fp32-aten", "fp32-onednn") else "auto")
     torch.manual_seed(0)
-    model = VAR(**{**official_shape(depth), "attention": attention}).train()
+    config = QUICKSTART_SHAPE if shape == "quickstart" else official_shape(depth)
+    model = VAR(**{**config, "attention": attention}).train()
     if variant.endswith("compile"):
         for block in model.blocks:
             block.compile()
@@ -52,9 +81,9 @@ def run_one(depth: int, batch: int, variant: str, runs: int, attention: str) -> 
     )
     total = model.scales.total_tokens
     gen = torch.Generator().manual_seed(0)
-    labels = torch.randint(0, 1000, (batch,), generator=gen)
-    inputs = torch.randn(batch, total - model.scales.first_tokens, 32, generator=gen)
-    targets = torch.randint(0, 4096, (batch, total), generator=gen)
+    labels = torch.randint(0, int(model.num_classes), (batch,), generator=gen)
+    inputs = torch.randn(batch, total - model.scales.first_tokens, model.word_embedding.in_features, generator=gen)
+    targets = torch.randint(0, model.head.out_features, (batch, total), generator=gen)
     autocast = (
         torch.autocast("cpu", dtype=torch.bfloat16) if variant.startswith("autocast") else contextlib.nullcontext()
     )
@@ -75,12 +104,13 @@ def run_one(depth: int, batch: int, variant: str, runs: int, attention: str) -> 
     cpu_per_step = (time.process_time() - cpu0) / runs
     median = statistics.median(times)
     return {
-        "depth": depth,
+        "depth": model.depth,
         "batch": batch,
         "variant": variant,
+        "linears": train_linear_backend(),
         "step_s": median,
         "cpu_s": cpu_per_step,
-        "gflops": step_flops(depth, model.width, total, batch) / median / 1e9,
+        "gflops": step_flops(model.depth, model.width, total, batch, model.head.out_features) / median / 1e9,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "params_m": model.num_parameters() / 1e6,
     }
@@ -93,19 +123,23 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["fp32", "autocast"], choices=VARIANTS)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--attention", default="sdpa")
+    parser.add_argument("--shape", choices=["official", "quickstart"], default="official")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        row = run_one(args.depth[0], args.batch, args.variants[0], args.runs, args.attention)
+        row = run_one(args.depth[0], args.batch, args.variants[0], args.runs, args.attention, args.shape)
         print("RESULT " + json.dumps(row), flush=True)
         return
-    print(f"VAR teacher-forced AdamW step, batch {args.batch}, 680 tokens, 2 threads, median of {args.runs} runs")
-    header = f"{'model':>6} {'variant':>16} {'params M':>8} {'step s':>8} {'CPU s':>7}"
+    tokens = "130 tokens (quickstart shape)" if args.shape == "quickstart" else "680 tokens"
+    print(f"VAR teacher-forced AdamW step, batch {args.batch}, {tokens}, 2 threads, median of {args.runs} runs")
+    depths = [6] if args.shape == "quickstart" else args.depth
+    header = f"{'model':>6} {'variant':>16} {'linears':>8} {'params M':>8} {'step s':>8} {'CPU s':>7}"
     print(header + f" {'GFLOP/s':>8} {'peak RSS GiB':>12}")
-    for depth in args.depth:
+    for depth in depths:
         for variant in args.variants:
             cmd = [sys.executable, __file__, "--child", "--depth", str(depth), "--batch", str(args.batch)]
             cmd += ["--variants", variant, "--runs", str(args.runs), "--attention", args.attention]
+            cmd += ["--shape", args.shape]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
             if proc.returncode or not lines:
@@ -113,7 +147,8 @@ def main() -> None:
                 continue
             r = json.loads(lines[-1].removeprefix("RESULT "))
             print(
-                f"{'d' + str(depth):>6} {variant:>16} {r['params_m']:>8.1f} {r['step_s']:>8.3f} {r['cpu_s']:>7.2f} "
+                f"{'d' + str(depth):>6} {variant:>16} {r['linears']:>8} {r['params_m']:>8.1f} {r['step_s']:>8.3f} "
+                f"{r['cpu_s']:>7.2f} "
                 f"{r['gflops']:>8.0f} {r['peak_rss_gib']:>12.2f}",
                 flush=True,
             )

@@ -26,8 +26,9 @@ Training (:class:`Linear`, the ``nn.Linear`` of varkit's transformer blocks and 
 ``VARKIT_TRAIN_LINEAR`` / :func:`set_train_linear_backend`: ``onednn`` computes the float32 forward product and the
 input gradient through oneDNN (an autograd function; the weight gradient stays a BLAS ``mm``), ``aten`` is
 ``F.linear``, and ``auto`` (default) times both once on a transformer-sized product and keeps ``onednn`` only where
-it is at least 1.2x faster (2.1-2.4x on the AMD EPYC above; on CPUs where MKL takes its fast path the two are
-close and ``aten`` stays). Under autocast, off the CPU, or for other dtypes it is always ``F.linear``.
+it is at least 1.2x faster (it is 2.1-2.4x on the AMD EPYC above; where the BLAS is as fast, ``aten`` stays).
+Under autocast, under ``torch.compile`` (which lowers linears itself), off the CPU, or for other dtypes it is
+always ``F.linear``.
 """
 
 from __future__ import annotations
@@ -297,6 +298,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         or x.device.type != "cpu"
         or weight.device.type != "cpu"
         or torch.is_autocast_enabled("cpu")
+        or torch.compiler.is_compiling()  # the compiler lowers F.linear to its own oneDNN products
         or x.dim() < 2
         or (bias is not None and bias.dtype is not torch.float32)
         or train_linear_backend() != "onednn"
