@@ -16,6 +16,8 @@ this repository), the reference itself. Columns:
   ``/work/artifacts/quickstart``): FID with the ``tiny_demo`` evaluator against the demo validation shards, and the
   fraction of samples whose ``tiny_demo`` classifier prediction is the requested class (its accuracy on the real
   validation images is printed as the ceiling); the spread between seeds of the exact sampler is printed as noise.
+  ``draft_refine`` rows need ``--refiner DIR``: an exported smaller transformer trained on the same tokenizer (e.g.
+  ``varkit train experiment=quickstart model.depth=3 name=var-d3 ...``), which then refines the finest scales.
 
     python benchmarks/speedups.py                               # speed (batch 1) + quality
     python benchmarks/speedups.py --batch 1 16 --reps 3         # both batch sizes
@@ -212,7 +214,12 @@ def _quickstart_generator(root: Path, checkpoint: Path | None) -> tuple[Any, Any
 
 
 def quality(
-    root: Path, per_class: int, seeds: list[int], batch_size: int, checkpoint: Path | None = None
+    root: Path,
+    per_class: int,
+    seeds: list[int],
+    batch_size: int,
+    checkpoint: Path | None = None,
+    refiner_dir: Path | None = None,
 ) -> tuple[dict[str, dict[str, Any]], str]:
     """FID (tiny_demo) and class accuracy per row on the trained quickstart model; returns rows and a noise note."""
     import numpy as np
@@ -229,6 +236,12 @@ def quality(
     torch.set_num_threads(2)
     var, vqvae = _quickstart_generator(root, checkpoint)
     vqvae.decoder_to(torch.float32)
+    refiner = None
+    if refiner_dir is not None:  # a smaller transformer trained on the same tokenizer, for draft_refine rows
+        from varkit.checkpoint.generator import load_generator
+
+        refiner, _, _ = load_generator(refiner_dir)
+        refiner.eval()
     extractor = build_extractor({"name": "tiny", "fit_on": str(root / "data" / "demo" / "train")}).eval()
     size = int(vqvae.image_size[0])
     val = sorted(str(p) for p in (root / "data" / "demo" / "val").glob("*.tar"))
@@ -250,12 +263,12 @@ def quality(
     labels = class_labels(list(range(int(var.num_classes))), per_class)
     results: dict[str, dict[str, Any]] = {}
     for name, specs in _rows().items():
-        if any(s["name"] == "draft_refine" for s in specs):
+        if refiner is None and any(s["name"] == "draft_refine" for s in specs):
             results[name] = {"FID": None, "class acc": None}
             continue
         fids, accuracies = [], []
         for seed in seeds:
-            spec = _sampling(specs, None)
+            spec = _sampling(specs, refiner)
             images, _ = generate_samples(var, vqvae, labels, batch_size=batch_size, seed=seed, sampling=spec)
             pool, predicted = score(images)
             mu, sigma = gaussian_statistics(pool)
@@ -272,8 +285,12 @@ def quality(
     note = (
         f"quality: quickstart model, {len(labels)} samples per seed, mean over seeds {seeds}; exact sampler "
         f"seed-to-seed spread: FID {exact['FID spread']:.3f}, class accuracy {exact['acc spread']:.3f}; "
-        f"classifier on the {len(truth)} real val images: {ceiling:.3f} (ceiling); draft_refine: no smaller trained "
-        "model shares the quickstart tokenizer"
+        f"classifier on the {len(truth)} real val images: {ceiling:.3f} (ceiling); draft_refine: "
+        + (
+            f"refiner {refiner_dir} (depth {refiner.depth})"
+            if refiner is not None
+            else "no refiner given (--refiner: a smaller model trained on the same tokenizer)"
+        )
     )
     return results, note
 
@@ -320,6 +337,9 @@ def main() -> None:
     parser.add_argument(
         "--checkpoint", type=Path, help="a quickstart training checkpoint (EMA weights) instead of the export"
     )
+    parser.add_argument(
+        "--refiner", type=Path, help="quality: an exported smaller model on the same tokenizer for draft_refine rows"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--sample-batch", type=int, default=50)
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
@@ -353,7 +373,9 @@ def main() -> None:
         for name, peak in peak_memory(args.depth).items():
             speed_rows.setdefault(name, {})["peak MiB"] = peak
     if "quality" in args.parts:
-        quality_rows, note = quality(args.quality_root, args.per_class, args.seeds, args.sample_batch, args.checkpoint)
+        quality_rows, note = quality(
+            args.quality_root, args.per_class, args.seeds, args.sample_batch, args.checkpoint, args.refiner
+        )
     from varkit.nn.cpu_linear import cpu_linear_backend
 
     print(

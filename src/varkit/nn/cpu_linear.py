@@ -28,11 +28,13 @@ input gradient through oneDNN (an autograd function; the weight gradient stays a
 ``F.linear``, and ``auto`` (default) times both once on a transformer-sized product and keeps ``onednn`` only where
 it is at least 1.2x faster (it is 2.1-2.4x on the AMD EPYC above; where the BLAS is as fast, ``aten`` stays).
 Under autocast, under ``torch.compile`` (which lowers linears itself), off the CPU, or for other dtypes it is
-always ``F.linear``.
+always ``F.linear``. The probe runs once per process; pin the backend when runs must match bit for bit across
+processes or machines (a resumed run against an uninterrupted one: the two backends round differently).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import weakref
@@ -248,6 +250,11 @@ def train_linear_backend() -> str:
     global _train_backend
     if _train_backend is None:
         _train_backend = _probe_train_backend()
+        logging.getLogger(__name__).info(
+            "training linears on the CPU: %s (VARKIT_TRAIN_LINEAR=auto probed F.linear against oneDNN; set it to "
+            "onednn or aten to pin the choice)",
+            _train_backend,
+        )
     return _train_backend
 
 
