@@ -52,12 +52,14 @@ ROWS: dict[str, list[dict[str, Any]]] = {
 }
 
 
-def fast_stack() -> list[dict[str, Any]]:
-    """The speed-ups of ``conf/sampling/fast.yaml`` (the README's best stack)."""
+def fast_stack(option: str = "fast") -> list[dict[str, Any]]:
+    """The speed-ups of ``conf/sampling/<option>.yaml`` (``fast``: the README's best stack; ``fast_draft``: the
+    same with a smaller refiner, whose required ``model`` becomes the benchmark's refiner)."""
     import yaml
 
-    path = Path(__file__).resolve().parents[1] / "conf" / "sampling" / "fast.yaml"
-    return list(yaml.safe_load(path.read_text())["speedups"])
+    path = Path(__file__).resolve().parents[1] / "conf" / "sampling" / f"{option}.yaml"
+    specs = list(yaml.safe_load(path.read_text())["speedups"])
+    return [{**s, "model": "<half depth>"} if s["name"] == "draft_refine" else s for s in specs]
 
 
 _ONLY: list[str] = []  # --rows: limit the rows (the speed part; "reference" is kept when VAR_REF_DIR is set)
@@ -66,7 +68,7 @@ _BACKENDS: dict[str, str] = {}  # row name -> CPU linear backend for that row on
 
 
 def _rows() -> dict[str, list[dict[str, Any]]]:
-    rows = {**ROWS, "fast (stack)": fast_stack(), **_EXTRA}
+    rows = {**ROWS, "fast (stack)": fast_stack(), "fast_draft (stack)": fast_stack("fast_draft"), **_EXTRA}
     return {name: specs for name, specs in rows.items() if not _ONLY or name in _ONLY}
 
 

@@ -89,7 +89,10 @@ def test_sample_images_takes_the_spec_or_the_old_keywords() -> None:
         sample_images(model, vqvae, labels, sampling=spec, top_k=3)
 
 
-@pytest.mark.parametrize("option", sorted(p.stem for p in CONF.glob("*.yaml") if p.stem != "draft_refine"))
+_NEEDS_REFINER = ("draft_refine", "fast_draft")
+
+
+@pytest.mark.parametrize("option", sorted(p.stem for p in CONF.glob("*.yaml") if p.stem not in _NEEDS_REFINER))
 def test_every_sampling_option_composes_into_a_valid_spec(compose_cfg, option: str) -> None:
     cfg = compose_cfg("sample", [f"sampling={option}"])
     spec = SamplingConfig.from_config(cfg.sampling)
@@ -111,6 +114,27 @@ def test_speedups_switch_on_by_override_and_old_keys_are_rewritten(compose_cfg) 
     assert spec.built_speedups[0].ratio == 0.25
 
 
-def test_draft_refine_option_requires_its_model(compose_cfg) -> None:
-    cfg = compose_cfg("sample", ["sampling=draft_refine"])
+@pytest.mark.parametrize("option", _NEEDS_REFINER)
+def test_draft_refine_options_require_their_model(compose_cfg, option: str) -> None:
+    cfg = compose_cfg("sample", [f"sampling={option}"])
     assert OmegaConf.is_missing(cfg.sampling.speedups[0], "model")
+
+
+def test_fast_draft_is_fast_plus_a_refiner_for_the_two_finest_scales(compose_cfg) -> None:
+    """`sampling=fast_draft` = `fast`'s speed-ups with draft_refine in front; with a refiner it samples."""
+    fast = compose_cfg("sample", ["sampling=fast"]).sampling
+    cfg = compose_cfg("sample", ["sampling=fast_draft"]).sampling
+    speedups = OmegaConf.to_container(cfg.speedups, resolve=True)
+    assert speedups[0]["name"] == "draft_refine" and speedups[0]["switch_scale"] == -2
+    assert speedups[1:] == OmegaConf.to_container(fast.speedups)
+    drafter, refiner = tiny_var(0), tiny_var(1, depth=1)
+    speedups[0]["model"] = refiner
+    options = OmegaConf.to_container(cfg, resolve=True)
+    spec = SamplingConfig.from_config({**options, "speedups": speedups})
+    plain = SamplingConfig.from_config({**options, "speedups": []})
+    labels, quantizer = torch.tensor([1, 2]), _quantizer("msvq")
+    out = drafter.generate(labels, quantizer, generator=torch.Generator().manual_seed(0), **spec.generate_kwargs())
+    exact = drafter.generate(labels, quantizer, generator=torch.Generator().manual_seed(0), **plain.generate_kwargs())
+    assert [t.shape for t in out.tokens] == [t.shape for t in exact.tokens]
+    for a, b in zip(out.tokens[:-2], exact.tokens[:-2]):  # the drafter's coarse scales are the exact sampler's
+        assert torch.equal(a, b)
