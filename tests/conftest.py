@@ -21,11 +21,10 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     # the training linears' backend is pinned, not probed per process: resume tests compare runs bit for bit across
     # processes, and `auto` could decide differently in two processes on a CPU where both backends are close
-    onednn = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    os.environ.setdefault("VARKIT_TRAIN_LINEAR", "onednn" if onednn else "aten")
     from varkit.nn import cpu_linear
 
-    cpu_linear.set_train_linear_backend(os.environ["VARKIT_TRAIN_LINEAR"])  # also if something imported it earlier
+    os.environ.setdefault("VARKIT_TRAIN_LINEAR", "onednn" if cpu_linear.onednn_linear_available() else "aten")
+    cpu_linear.set_train_linear_backend(os.environ["VARKIT_TRAIN_LINEAR"])  # the module read the variable on import
     torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

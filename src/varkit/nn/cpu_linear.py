@@ -121,11 +121,10 @@ class _PackedCache:
             if ref() is weight and version == weight._version and pointer == weight.data_ptr() and kind == dtype:
                 return packed
             self._drop(key)  # stale: the weight changed in place, moved, or is asked for in another dtype
-        source = weight.detach()
-        size = source.numel() * source.new_empty((), dtype=dtype).element_size()
+        size = weight.numel() * dtype.itemsize
         if self.bytes + size > self.limit:
             return None  # full: no eviction (sampling cycles through every weight once per scale)
-        packed = torch.ops.mkldnn._reorder_linear_weight(source.to(dtype), _ROWS_HINT)
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype), _ROWS_HINT)
         self.entries[key] = (weakref.ref(weight, self._forget(key)), weight._version, weight.data_ptr(), dtype,
                              packed, size)  # fmt: skip
         self.bytes += size
@@ -311,10 +310,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         or train_linear_backend() != "onednn"
     ):
         return F.linear(x, weight, bias)
-    rows = x.reshape(-1, x.shape[-1])
-    if not rows.is_contiguous():
-        rows = rows.contiguous()
-    out = _OneDNNLinear.apply(rows, weight, bias)
+    out = _OneDNNLinear.apply(x.reshape(-1, x.shape[-1]).contiguous(), weight, bias)
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
